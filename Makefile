@@ -1,0 +1,26 @@
+# flportal: `make demo` runs a real federated job on this machine; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test install serve clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import django, torch, celery, channels"  # fail here, not later, if the install broke
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) manage.py demo $(if $(EXIT_WHEN_DONE),--exit-when-done)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve: $(VENV)/.installed
+	$(PY) manage.py migrate --noinput && $(PY) manage.py serve
+
+clean:
+	rm -rf var

@@ -1,0 +1,172 @@
+"""A whole portal on this machine: the portal process, N node agents, their data and
+credentials. Used by `manage.py demo` and by the end-to-end tests, through the public
+paths only (management commands, the REST API, the agent CLI). No Django import: it
+drives other processes."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(preferred: int | None = None) -> int:
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Agent:
+    name: str
+    port: int
+    data_dir: Path
+    token: str
+    agent_key: str
+    process: subprocess.Popen | None = None
+
+
+@dataclass
+class LocalStack:
+    """`env` holds what selects the mode (DATABASE_URL/REDIS_URL or neither) and
+    FLPORTAL_DATA_DIR; `workdir` gets logs and node data."""
+
+    workdir: Path
+    env: dict = field(default_factory=dict)
+    port: int | None = None
+    heartbeat_interval: float = 1.0
+    processes: list = field(default_factory=list)
+    agents: list = field(default_factory=list)
+    token: str = ""
+    portal: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "flportal.settings",
+                         **self.env}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.full_env,
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout.strip()
+
+    def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        process = subprocess.Popen(argv, cwd=ROOT, env={**self.full_env, **(env or {})}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def setup(self, *, username: str, password: str | None = None) -> None:
+        self.manage("migrate", "--noinput")
+        args = ["api_token", username, "--create"] + (["--password", password] if password else [])
+        self.token = self.manage(*args).splitlines()[-1]
+
+    def make_data(self, *, dataset: str, nodes: int, scheme: str = "iid", alpha: float = 0.5, seed: int = 0):
+        self.manage("make_demo_data", "--dataset", dataset, "--nodes", str(nodes), "--out",
+                    str(self.workdir / "data"), "--scheme", scheme, "--alpha", str(alpha), "--seed", str(seed))
+
+    def register_nodes(self, count: int) -> list[Agent]:
+        for k in range(1, count + 1):
+            port = free_port()
+            creds = json.loads(self.manage("node_register", f"site-{k}", "--agent-url",
+                                           f"http://127.0.0.1:{port}", "--json").splitlines()[-1])
+            self.agents.append(Agent(f"site-{k}", port, self.workdir / "data" / f"site-{k}",
+                                     creds["token"], creds["agent_key"]))
+        return self.agents
+
+    def start_portal(self, *extra: str) -> subprocess.Popen:
+        self.portal = self.spawn("portal", [sys.executable, "manage.py", "serve", "--port", str(self.port), *extra])
+        self.wait_for(lambda: self._up(f"{self.url}/login/"), 60, "the portal to answer")
+        return self.portal
+
+    def start_agent(self, agent: Agent) -> subprocess.Popen:
+        agent.process = self.spawn(agent.name, [
+            sys.executable, "-m", "nodes.agent", "--portal", self.url, "--name", agent.name,
+            "--data-dir", str(agent.data_dir), "--port", str(agent.port),
+            "--runs-dir", str(self.workdir / "runs" / agent.name),
+            "--heartbeat-interval", str(self.heartbeat_interval), "--stop-grace", "3",
+        ], env={"FLPORTAL_NODE_TOKEN": agent.token, "FLPORTAL_AGENT_KEY": agent.agent_key})
+        return agent.process
+
+    def kill_agent(self, agent: Agent) -> None:
+        """A site dies: SIGKILL the agent (its trainers notice and exit)."""
+        agent.process.kill()
+        agent.process.wait(10)
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Token {self.token}"}, timeout=30)
+
+    def wait_nodes_online(self, names: list[str], timeout: float = 60) -> None:
+        with self.api() as api:
+            def online():
+                nodes = {n["name"]: n["status"] for n in api.get("/api/v1/nodes/").json()}
+                return all(nodes.get(n) == "online" for n in names)
+
+            self.wait_for(online, timeout, f"nodes {names} to come online")
+
+    def wait_job(self, job_id: int, timeout: float, on_poll=None) -> dict:
+        """Poll until the job ends; `on_poll(job, rounds)` sees every poll."""
+        end = time.monotonic() + timeout
+        with self.api() as api:
+            while time.monotonic() < end:
+                job = api.get(f"/api/v1/jobs/{job_id}/").json()
+                if on_poll:
+                    on_poll(job, api.get(f"/api/v1/jobs/{job_id}/rounds/").json())
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    return job
+                self.check_alive()
+                time.sleep(0.5)
+        raise TimeoutError(f"job {job_id} did not end within {timeout} s")
+
+    def check_alive(self) -> None:
+        if self.portal is not None and self.portal.poll() is not None:
+            raise RuntimeError(f"the portal exited with {self.portal.returncode}; see {self.workdir / 'portal.log'}")
+
+    @staticmethod
+    def wait_for(predicate, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if predicate():
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+    @staticmethod
+    def _up(url: str) -> bool:
+        return httpx.get(url, timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        """SIGTERM every process (agents first), SIGKILL what is left after 10 s."""
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        end = time.monotonic() + 10
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)

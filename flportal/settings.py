@@ -1,0 +1,175 @@
+"""The only settings module. Everything that differs between machines comes from the
+environment; with no DATABASE_URL / REDIS_URL it is the embedded default (SQLite,
+in-process Celery worker and channel layer). See docs/RUNNING.md."""
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("FLPORTAL_DATA_DIR", BASE_DIR / "var")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, "1" if default else "0").lower() in ("1", "true", "yes", "on")
+
+
+def _secret_key() -> str:
+    """FLPORTAL_SECRET_KEY, else one generated once and kept in the data dir, so agent
+    keys (derived from it) survive restarts of an embedded portal."""
+    if os.environ.get("FLPORTAL_SECRET_KEY"):
+        return os.environ["FLPORTAL_SECRET_KEY"]
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _database(url: str | None) -> dict:
+    if not url:
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "flportal.sqlite3",
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise RuntimeError(f"DATABASE_URL must be postgres://..., got {parsed.scheme}://")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parsed.path.lstrip("/"),
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "",
+        "PORT": str(parsed.port or ""),
+        "CONN_MAX_AGE": 0,  # ASGI: request threads do not outlive a request
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+SECRET_KEY = _secret_key()
+DEBUG = _env_bool("FLPORTAL_DEBUG")
+ALLOWED_HOSTS = os.environ.get("FLPORTAL_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("FLPORTAL_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+DATABASE_URL = os.environ.get("DATABASE_URL") or None
+REDIS_URL = os.environ.get("REDIS_URL") or None
+EMBEDDED = REDIS_URL is None
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "flportal",
+    "nodes",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "flportal.urls"
+ASGI_APPLICATION = "flportal.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": _database(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "job-list"
+LOGOUT_REDIRECT_URL = "login"
+
+# Artifacts (model versions, updates) live under this directory.
+ARTIFACT_ROOT = Path(os.environ.get("FLPORTAL_ARTIFACT_ROOT", DATA_DIR / "artifacts")).resolve()
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "flportal.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "flportal.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+
+# Celery: Redis broker in production; in the embedded default an in-memory broker
+# consumed by a worker thread inside the portal process (flportal/embedded.py).
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+WATCHDOG_INTERVAL_S = float(os.environ.get("FLPORTAL_WATCHDOG_INTERVAL_S", "5"))
+CELERY_BEAT_SCHEDULE = {
+    "watchdog": {"task": "jobs.tasks.watchdog", "schedule": WATCHDOG_INTERVAL_S},
+}
+
+if EMBEDDED:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "flportal.channel_layer.EmbeddedChannelLayer"}}
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+
+# Federated-learning limits and timings.
+FLPORTAL_MAX_UPDATE_BYTES = int(os.environ.get("FLPORTAL_MAX_UPDATE_BYTES", str(256 * 1024 * 1024)))
+FLPORTAL_HEARTBEAT_INTERVAL_S = float(os.environ.get("FLPORTAL_HEARTBEAT_INTERVAL_S", "5"))
+FLPORTAL_NODE_OFFLINE_AFTER_S = float(os.environ.get("FLPORTAL_NODE_OFFLINE_AFTER_S", "15"))
+FLPORTAL_TASK_LONG_POLL_MAX_S = 25.0
+FLPORTAL_AGENT_TIMEOUT_S = float(os.environ.get("FLPORTAL_AGENT_TIMEOUT_S", "10"))
+FLPORTAL_STUCK_AFTER_S = float(os.environ.get("FLPORTAL_STUCK_AFTER_S", "60"))
+FLPORTAL_REQUIRE_SERVICES = _env_bool("FLPORTAL_REQUIRE_SERVICES")
+FLPORTAL_MODELS = {}  # name -> "dotted.path.to.factory" for user models
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("FLPORTAL_LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "celery.worker.strategy": {"level": "WARNING"},
+                "celery.app.trace": {"level": "WARNING"}, "celery.beat": {"level": "WARNING"}},
+}

@@ -1,0 +1,157 @@
+"""State dicts in and out of safetensors, and validation of uploaded updates.
+
+Only safetensors is ever used: no pickle, no ``torch.load``, so a file from a site can
+carry tensors and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as _load_bytes
+from safetensors.torch import save as _save_bytes
+
+TensorSpec = dict[str, tuple[tuple[int, ...], str]]
+
+# safetensors header dtype codes -> torch dtype names, for checks that read no data.
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+_FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
+
+
+class InvalidUpdate(ValueError):
+    """An uploaded update was refused; the message says why, for a human."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_spec(state_dict: dict[str, torch.Tensor]) -> TensorSpec:
+    """Name -> (shape, dtype name) of every tensor, e.g. ``{"weight": ((2, 3), "float32")}``."""
+    return {name: (tuple(t.shape), dtype_name(t.dtype)) for name, t in state_dict.items()}
+
+
+def state_dict_to_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """Serialize ``state_dict`` to safetensors bytes (tensors moved to CPU, made contiguous)."""
+    return _save_bytes(_prepare(state_dict), metadata={"format": "pt"})
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Write ``state_dict`` as a safetensors file, atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(state_dict_to_bytes(state_dict))
+    os.replace(tmp, path)
+
+
+def load_state_dict(source: str | os.PathLike | bytes) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (a path) or its content (bytes) into CPU tensors.
+
+    The tensors are contiguous, detached and own their memory (not a mapping of the
+    file). Raises ValueError ("unreadable safetensors: ...") for a corrupt source and
+    FileNotFoundError for a missing file.
+    """
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            tensors = _load_bytes(bytes(source))
+        else:
+            with safe_open(str(source), framework="pt", backend="pread") as handle:
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except SafetensorError as exc:
+        raise ValueError(f"unreadable safetensors: {exc}") from exc
+    return {name: t.detach().contiguous() for name, t in tensors.items()}
+
+
+def validate_update_file(path: str | os.PathLike, spec: TensorSpec) -> None:
+    """Check that the safetensors file at ``path`` matches ``spec`` exactly.
+
+    Tensors are read one at a time, so memory stays around one tensor. Shapes in
+    ``spec`` may be lists (as after a JSON round trip). Raises InvalidUpdate when the
+    file is unreadable, names are missing or unexpected, a shape or dtype differs, or a
+    floating tensor holds NaN or Inf.
+    """
+    try:
+        handle = safe_open(str(path), framework="pt", backend="pread")
+    except (SafetensorError, OSError) as exc:
+        raise InvalidUpdate(f"unreadable safetensors: {exc}") from exc
+    with handle:
+        _check_names(set(handle.keys()), set(spec))
+        for name, (shape, dtype) in spec.items():
+            _check_header(handle, name, tuple(shape), dtype)
+            if dtype in _FLOAT_DTYPES:
+                _check_finite(name, _read_tensor(handle, name))
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of the file at ``path``, read ``chunk`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _prepare(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached contiguous CPU tensors; tensors sharing storage get their own copy,
+    because safetensors refuses shared storage (e.g. tied weights)."""
+    prepared, seen = {}, set()
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name!r} is a {type(tensor).__name__}, not a tensor")
+        t = tensor.detach().cpu().contiguous()
+        pointer = t.untyped_storage().data_ptr()
+        if pointer in seen and t.numel():
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        prepared[name] = t
+    return prepared
+
+
+def _check_names(got: set[str], expected: set[str]) -> None:
+    problems = []
+    if missing := sorted(expected - got):
+        problems.append("missing tensors: " + ", ".join(map(repr, missing)))
+    if extra := sorted(got - expected):
+        problems.append("unexpected tensors: " + ", ".join(map(repr, extra)))
+    if problems:
+        raise InvalidUpdate("; ".join(problems))
+
+
+def _check_header(handle, name: str, shape: tuple[int, ...], dtype: str) -> None:
+    """Shape and dtype from the header alone, before any data is read."""
+    try:
+        piece = handle.get_slice(name)
+        got_shape, code = tuple(piece.get_shape()), piece.get_dtype()
+    except SafetensorError as exc:
+        raise InvalidUpdate(f"unreadable safetensors: tensor {name!r}: {exc}") from exc
+    if got_shape != shape:
+        raise InvalidUpdate(f"tensor {name!r}: expected shape {shape}, got {got_shape}")
+    got_dtype = _SAFETENSORS_DTYPES.get(code, code)
+    if got_dtype != dtype:
+        raise InvalidUpdate(f"tensor {name!r}: expected dtype {dtype}, got {got_dtype}")
+
+
+def _read_tensor(handle, name: str) -> torch.Tensor:
+    try:
+        return handle.get_tensor(name)
+    except SafetensorError as exc:
+        raise InvalidUpdate(f"unreadable safetensors: tensor {name!r}: {exc}") from exc
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if tensor.element_size() == 1:  # float8 has no isnan kernel on CPU
+        tensor = tensor.float()
+    if torch.isnan(tensor).any():
+        raise InvalidUpdate(f"tensor {name!r} contains NaN values")
+    if torch.isinf(tensor).any():
+        raise InvalidUpdate(f"tensor {name!r} contains infinite values")

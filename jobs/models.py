@@ -1,0 +1,179 @@
+"""The FL domain. Statuses change only in jobs/services (see docs/STATES.md)."""
+from django.conf import settings
+from django.db import models
+
+from nodes.models import Node
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    model = models.CharField(max_length=100)
+    model_params = models.JSONField(default=dict)
+    strategy = models.CharField(max_length=100, default="fedavg")
+    strategy_params = models.JSONField(default=dict)
+    optimizer = models.CharField(max_length=100, default="sgd")
+    optimizer_params = models.JSONField(default=dict)
+    dataset = models.CharField(max_length=100)
+    val_fraction = models.FloatField(default=0.2)
+    local_epochs = models.PositiveIntegerField(default=1)
+    batch_size = models.PositiveIntegerField(default=32)
+    rounds = models.PositiveIntegerField(default=5)
+    min_clients = models.PositiveIntegerField(default=1)
+    clients_per_round = models.PositiveIntegerField(null=True, blank=True)  # null = every node
+    clients_required = models.PositiveIntegerField(default=1)
+    round_timeout_s = models.FloatField(default=300)
+    buffer_size = models.IntegerField(default=-1)  # -1 = wait for every selected node
+    evaluate_every = models.PositiveIntegerField(default=1)
+    seed = models.IntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    status_reason = models.TextField(blank=True)
+    current_round = models.PositiveIntegerField(default=0)
+    final_model = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    cloned_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="clones")
+    nodes = models.ManyToManyField(Node, through="JobNode", related_name="jobs")
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self):
+        return f"{self.name} (#{self.pk})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class JobNode(models.Model):
+    """A node's participation in a job."""
+
+    class Status(models.TextChoices):
+        SELECTED = "selected"
+        RUNNING = "running"
+        FINISHED = "finished"
+        FAILED = "failed"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="job_nodes")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="job_nodes")
+    dataset = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SELECTED)
+    status_reason = models.TextField(blank=True)
+    agent_run_id = models.CharField(max_length=64, blank=True)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "node"], name="uniq_job_node")]
+        ordering = ["node__name"]
+
+
+class ModelVersion(models.Model):
+    """Global weights after round `round` (0 = the initial model)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="model_versions")
+    round = models.PositiveIntegerField()
+    path = models.CharField(max_length=500)  # relative to ARTIFACT_ROOT
+    sha256 = models.CharField(max_length=64)
+    bytes = models.BigIntegerField()
+    format = models.CharField(max_length=32, default="safetensors")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "round"], name="uniq_model_version")]
+        ordering = ["round"]
+
+
+class Round(models.Model):
+    class Kind(models.TextChoices):
+        TRAIN = "train"
+        EVALUATE = "evaluate"
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        AGGREGATING = "aggregating"
+        CLOSED = "closed"
+        FAILED = "failed"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="rounds_set")
+    number = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TRAIN)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True)
+    status_reason = models.TextField(blank=True)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="rounds_using")
+    result_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    selected = models.ManyToManyField(Node, related_name="+")
+    dropped = models.ManyToManyField(Node, related_name="+", blank=True)
+    target_updates = models.PositiveIntegerField()
+    deadline = models.DateTimeField()
+    opened_at = models.DateTimeField(auto_now_add=True)
+    aggregating_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "number", "kind"], name="uniq_round")]
+        ordering = ["number", "-kind"]  # train before evaluate within a number
+
+
+class Update(models.Model):
+    """A node's accepted contribution to a round: weights for a train round, metrics
+    only for an evaluate round. Refused uploads leave no row."""
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="updates")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="updates")
+    path = models.CharField(max_length=500, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    bytes = models.BigIntegerField(default=0)
+    num_examples = models.PositiveIntegerField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["round", "node"], name="uniq_update")]
+
+
+class MetricPoint(models.Model):
+    class Phase(models.TextChoices):
+        FIT = "fit"
+        EVAL = "eval"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="metrics")
+    round = models.PositiveIntegerField()
+    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.CASCADE)  # null = aggregate
+    phase = models.CharField(max_length=8, choices=Phase.choices)
+    name = models.CharField(max_length=64)
+    value = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "round"])]
+        ordering = ["round", "id"]
+
+
+class JobEvent(models.Model):
+    """Audit trail: every transition and operator action, who, what, why, when."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32)
+    message = models.TextField()
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.SET_NULL)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["job", "id"])]

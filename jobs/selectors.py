@@ -1,0 +1,62 @@
+"""Reads of the FL domain, shaped for pages and APIs without N+1 queries."""
+from collections import defaultdict
+
+from django.db.models import Prefetch
+
+from flportal.errors import NotFound
+from jobs.models import Job, JobEvent, MetricPoint, ModelVersion, Round, Update
+
+
+def job_list_for_user(user, *, status: str | None = None):
+    jobs = Job.objects.filter(owner=user).select_related("owner")
+    return jobs.filter(status=status) if status else jobs
+
+
+def job_get_for_user(user, job_id: int) -> Job:
+    """The user's job, or NotFound: another user's job is indistinguishable from none."""
+    job = Job.objects.filter(pk=job_id, owner=user).select_related("owner", "final_model").first()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def job_rounds(job: Job) -> list[Round]:
+    updates = Prefetch("updates", queryset=Update.objects.select_related("node").order_by("node__name"))
+    rounds = list(job.rounds_set.select_related("model_version", "result_version")
+                  .prefetch_related("selected", "dropped", updates))
+    aggregates = _aggregate_metrics_by_round(job)
+    for rnd in rounds:
+        rnd.aggregate = aggregates.get((rnd.number, "fit" if rnd.kind == Round.Kind.TRAIN else "eval"), {})
+    return rounds
+
+
+def _aggregate_metrics_by_round(job: Job) -> dict:
+    out = defaultdict(dict)
+    for rnd, phase, name, value in MetricPoint.objects.filter(job=job, node__isnull=True).values_list(
+            "round", "phase", "name", "value"):
+        out[(rnd, phase)][name] = value
+    return out
+
+
+def job_metrics(job: Job, *, name: str | None = None, phase: str | None = None, node: str | None = None):
+    points = MetricPoint.objects.filter(job=job).select_related("node")
+    if name:
+        points = points.filter(name=name)
+    if phase:
+        points = points.filter(phase=phase)
+    if node == "aggregate":
+        points = points.filter(node__isnull=True)
+    elif node:
+        points = points.filter(node__name=node)
+    return points
+
+
+def job_events(job: Job, *, after_id: int = 0, limit: int = 500):
+    return JobEvent.objects.filter(job=job, id__gt=after_id).select_related("node", "actor")[:limit]
+
+
+def job_model_version(job: Job, round_number: int) -> ModelVersion:
+    version = job.model_versions.filter(round=round_number).first()
+    if version is None:
+        raise NotFound(f"job {job.pk} has no model version {round_number}")
+    return version

@@ -1,0 +1,68 @@
+"""Where model versions and updates are stored: files under ARTIFACT_ROOT, written to a
+temporary name and renamed, so a reader never sees half a file."""
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from safetensors import safe_open
+
+from jobs.fl.serialization import file_sha256, save_state_dict
+
+
+def absolute(relative: str) -> Path:
+    return settings.ARTIFACT_ROOT / relative
+
+
+def job_dir(job_id: int) -> Path:
+    path = settings.ARTIFACT_ROOT / "jobs" / str(job_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def upload_tempfile(job_id: int):
+    """An open temporary file beside the job's artifacts (same filesystem, so the final
+    move is a rename). The caller removes it if the upload is refused."""
+    return tempfile.NamedTemporaryFile(dir=job_dir(job_id), prefix=".upload-", delete=False)
+
+
+def write_model(job_id: int, round_number: int, state: dict) -> tuple[str, str, int]:
+    """Write a model version; returns (relative path, sha256, bytes)."""
+    final = job_dir(job_id) / f"model-r{round_number:05d}.safetensors"
+    with tempfile.NamedTemporaryFile(dir=final.parent, prefix=".model-", delete=False) as tmp:
+        pass
+    save_state_dict(state, tmp.name)
+    os.replace(tmp.name, final)
+    return _relative(final), file_sha256(final), final.stat().st_size
+
+
+def keep_update(job_id: int, round_number: int, kind: str, node_name: str, tmp_path: Path) -> tuple[str, str, int]:
+    """Move a validated upload into place; returns (relative path, sha256, bytes)."""
+    final = job_dir(job_id) / f"update-r{round_number:05d}-{kind}-{node_name}.safetensors"
+    digest = file_sha256(tmp_path)
+    os.replace(tmp_path, final)
+    return _relative(final), digest, final.stat().st_size
+
+
+@functools.lru_cache(maxsize=64)
+def tensor_spec_of(relative: str) -> dict:
+    """{name: (shape, dtype)} of a stored safetensors file, read from its header only."""
+    spec = {}
+    with safe_open(str(absolute(relative)), framework="pt") as handle:
+        for name in handle.keys():
+            sliced = handle.get_slice(name)
+            spec[name] = (tuple(sliced.get_shape()), _dtype_name(sliced.get_dtype()))
+    return spec
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _dtype_name(code: str) -> str:
+    return _SAFETENSORS_DTYPES.get(code, code.lower())
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(settings.ARTIFACT_ROOT))

@@ -1,0 +1,185 @@
+"""The round protocol: open, collect, close (aggregate) or fail, and what a node
+should do next. See docs/PROTOCOL.md and docs/STATES.md."""
+import logging
+import random
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import events
+from jobs.fl.serialization import load_state_dict
+from jobs.fl.strategies import get_strategy
+from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round
+from jobs.services import artifacts
+from jobs.services.jobs import _model_version_create, job_event_record, job_fail, job_succeed
+from jobs.services.transitions import round_transition
+from nodes.models import Node
+
+logger = logging.getLogger(__name__)
+
+
+class RoundCannotOpen(Exception):
+    """Too few nodes are available to run a round under the job's policy."""
+
+
+def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion) -> Round:
+    """Open a round on the job's available nodes (online, enabled, not failed), sampled
+    to `clients_per_round` with the job's seed. Schedules the deadline check on commit.
+    Raises RoundCannotOpen when fewer than `clients_required` nodes are available."""
+    from jobs.tasks import round_deadline_task
+
+    selected = _select_nodes(job, number)
+    required = job.clients_required
+    if len(selected) < required:
+        raise RoundCannotOpen(f"round {number} ({kind}) cannot open: {len(selected)} nodes available, "
+                              f"clients_required is {required}")
+    target = len(selected) if job.buffer_size == -1 or kind == Round.Kind.EVALUATE else min(job.buffer_size, len(selected))
+    rnd = Round.objects.create(job=job, number=number, kind=kind, model_version=model_version,
+                               target_updates=target, deadline=timezone.now() + timedelta(seconds=job.round_timeout_s))
+    rnd.selected.set(selected)
+    if job.current_round != number:
+        job.current_round = number
+        job.save(update_fields=["current_round"])
+    job_event_record(job=job, kind="round_open", message=f"round {number} ({kind}) open on "
+                     f"{', '.join(sorted(n.name for n in selected))}", data={"round": number, "kind": kind})
+    events.trainers_wake(job.pk)
+    round_deadline_task.apply_async_on_commit((rnd.pk,), countdown=job.round_timeout_s)
+    return rnd
+
+
+def _select_nodes(job: Job, number: int) -> list[Node]:
+    available = [jn.node for jn in job.job_nodes.select_related("node").exclude(status=JobNode.Status.FAILED)
+                 if jn.node.enabled and jn.node.status == Node.Status.ONLINE]
+    if job.clients_per_round and len(available) > job.clients_per_round:
+        available = random.Random(f"{job.seed}:{number}").sample(available, job.clients_per_round)
+    return available
+
+
+def round_maybe_close(*, round_id: int) -> bool:
+    """open → aggregating once `target_updates` updates are in. True if it moved."""
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().filter(pk=round_id, status=Round.Status.OPEN).first()
+        if rnd is None or rnd.updates.count() < rnd.target_updates:
+            return False
+        _start_aggregating(rnd)
+    return True
+
+
+def round_deadline(*, round_id: int) -> bool:
+    """At the deadline an open round closes if it has `clients_required` updates;
+    otherwise it fails, and the job with it, naming the nodes that did not report.
+    True if the round moved to aggregating (the caller then runs round_close)."""
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().select_related("job").filter(pk=round_id, status=Round.Status.OPEN).first()
+        if rnd is None or rnd.deadline > timezone.now():
+            return False
+        received = rnd.updates.count()
+        required = min(rnd.job.clients_required, rnd.selected.count())
+        if received >= max(1, required):
+            _start_aggregating(rnd)
+            return True
+        missing = ", ".join(sorted(n.name for n in _missing_nodes(rnd)))
+        reason = (f"round {rnd.number} ({rnd.kind}) failed: {received} of {required} required updates "
+                  f"by the deadline ({rnd.job.round_timeout_s:g} s); missing: {missing}")
+        round_transition(rnd, Round.Status.FAILED, reason=reason)
+        job = Job.objects.select_for_update().get(pk=rnd.job_id)
+        if not job.is_terminal:
+            job_fail(job=job, reason=reason)
+    return False
+
+
+def _missing_nodes(rnd: Round) -> list[Node]:
+    return list(rnd.selected.exclude(pk__in=rnd.updates.values("node_id")))
+
+
+def _start_aggregating(rnd: Round) -> None:
+    dropped = _missing_nodes(rnd)
+    rnd.dropped.set(dropped)
+    reason = f"dropped: {', '.join(sorted(n.name for n in dropped))}" if dropped else ""
+    round_transition(rnd, Round.Status.AGGREGATING, reason=reason)
+
+
+def round_close(*, round_id: int) -> Round | None:
+    """Aggregate an aggregating round with the job's strategy (one update in memory at a
+    time for streaming strategies), store the new model version and the aggregated
+    metrics, close the round and open the next one or finish the job. Idempotent: a
+    round that is not aggregating any more is left alone."""
+    rnd = Round.objects.select_related("job", "model_version").filter(pk=round_id, status=Round.Status.AGGREGATING).first()
+    if rnd is None:
+        return None
+    written = _aggregate_and_write(rnd) if rnd.kind == Round.Kind.TRAIN else None
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().select_related("job").filter(pk=round_id, status=Round.Status.AGGREGATING).first()
+        if rnd is None:
+            return None
+        job = Job.objects.select_for_update().get(pk=rnd.job_id)
+        if written is not None:
+            path, sha256, size = written
+            rnd.result_version, _ = job.model_versions.get_or_create(
+                round=rnd.number, defaults={"path": path, "sha256": sha256, "bytes": size})
+            rnd.save(update_fields=["result_version"])
+        _aggregate_metrics(rnd)
+        round_transition(rnd, Round.Status.CLOSED)
+        if job.status == Job.Status.RUNNING:
+            _advance(job, rnd)
+    return rnd
+
+
+def _aggregate_and_write(rnd: Round) -> tuple[str, str, int]:
+    global_state = load_state_dict(artifacts.absolute(rnd.model_version.path))
+    strategy = get_strategy(rnd.job.strategy)(global_state, rnd.job.strategy_params)
+    for update in rnd.updates.order_by("node__name"):
+        strategy.add(load_state_dict(artifacts.absolute(update.path)), update.num_examples)
+    return artifacts.write_model(rnd.job_id, rnd.number, strategy.result())
+
+
+def _aggregate_metrics(rnd: Round) -> None:
+    """Example-weighted mean of each node metric (durations `*_s`: the maximum)."""
+    phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
+    weights = dict(rnd.updates.values_list("node_id", "num_examples"))
+    points = MetricPoint.objects.filter(job_id=rnd.job_id, round=rnd.number, phase=phase, node_id__in=weights)
+    by_name: dict[str, list[tuple[float, int]]] = {}
+    for point in points:
+        by_name.setdefault(point.name, []).append((point.value, weights[point.node_id]))
+    values = {name: _combine(name, pairs) for name, pairs in by_name.items()}
+    values["num_examples"] = float(sum(weights.values()))
+    values["num_nodes"] = float(len(weights))
+    MetricPoint.objects.bulk_create([MetricPoint(job_id=rnd.job_id, round=rnd.number, node=None, phase=phase,
+                                                 name=name, value=value) for name, value in values.items()])
+    events.metrics_recorded(rnd.job_id, rnd.number, phase, None, values)
+
+
+def _combine(name: str, pairs: list[tuple[float, int]]) -> float:
+    if name.endswith("_s"):
+        return max(v for v, _ in pairs)
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else sum(v for v, _ in pairs) / len(pairs)
+
+
+def _advance(job: Job, rnd: Round) -> None:
+    """After a closed round: evaluate the new model, train the next round, or finish."""
+    n = rnd.number
+    try:
+        if rnd.kind == Round.Kind.TRAIN and (n % job.evaluate_every == 0 or n == job.rounds):
+            round_open(job=job, number=n, kind=Round.Kind.EVALUATE, model_version=rnd.result_version)
+        elif n < job.rounds:
+            version = rnd.result_version if rnd.kind == Round.Kind.TRAIN else rnd.model_version
+            round_open(job=job, number=n + 1, kind=Round.Kind.TRAIN, model_version=version)
+        else:
+            job_succeed(job=job, final_model=rnd.result_version or rnd.model_version)
+    except RoundCannotOpen as exc:
+        job_fail(job=job, reason=str(exc))
+
+
+def rounds_overdue(*, grace_s: float = 2.0) -> list[int]:
+    """Ids of open rounds past their deadline (the watchdog re-drives them)."""
+    cutoff = timezone.now() - timedelta(seconds=grace_s)
+    return list(Round.objects.filter(status=Round.Status.OPEN, deadline__lt=cutoff).values_list("pk", flat=True))
+
+
+def rounds_stuck_aggregating(*, older_than_s: float) -> list[int]:
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    return list(Round.objects.filter(status=Round.Status.AGGREGATING, aggregating_at__lt=cutoff)
+                .values_list("pk", flat=True))
+

@@ -1,0 +1,206 @@
+"""The trainer: one process per job run, the node side of the FL API (PROTOCOL.md §1).
+
+    python -m nodes.agent.trainer --portal URL --job ID --data-dir DIR [--dataset NAME]
+
+The node token comes from ``$FLPORTAL_NODE_TOKEN`` or ``--token-file``, never argv.
+Loop: long-poll the job's task; ``train`` / ``evaluate`` the downloaded model on the
+local data and post the result; ``wait`` polls again; ``end`` exits 0.
+
+Failure policy: connection errors, 5xx and checksum mismatches are retried with capped
+exponential backoff for up to ``--max-offline`` seconds of continuous failure. A 4xx is
+never retried: 409 on a round's download, update or evaluation drops that round (it has
+moved on) and asks for the next task; any other 4xx stops the trainer.
+
+Exit status: 0 ``end``; 2 refused by the portal (4xx) or unusable locally (missing
+dataset, bad config, no token); 3 portal unreachable for too long; 4 the parent agent
+died (an orphaned trainer must not keep training); -15 stopped by SIGTERM.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from nodes.agent.credentials import NODE_TOKEN_ENV, MissingSecret, read_secret
+from nodes.agent.portal import (Backoff, ChecksumMismatch, PortalClient, PortalOffline,
+                                PortalRefusal)
+
+log = logging.getLogger("flportal.trainer")
+
+EXIT_END, EXIT_REFUSED, EXIT_OFFLINE, EXIT_ORPHANED = 0, 2, 3, 4
+MAX_WAIT_S = 25.0
+
+
+class Trainer:
+    """Pulls and runs the tasks of one job until the portal says ``end``.
+
+    ``site`` does the local work (nodes.agent.local.LocalSite); ``client`` talks to the
+    portal. ``run()`` returns the exit status for ``end`` and raises PortalRefusal,
+    PortalOffline or SiteError for the other exits.
+    """
+
+    def __init__(self, *, client: PortalClient, site, job_id: int, wait_s: float,
+                 backoff: Backoff, sleep=time.sleep):
+        self.client, self.site, self.job_id = client, site, job_id
+        self.wait_s = min(max(wait_s, 0.0), MAX_WAIT_S)
+        self.backoff, self._sleep = backoff, sleep
+
+    def run(self) -> int:
+        while True:
+            started = time.monotonic()
+            task = self.backoff.call(self._fetch_task, "task poll")
+            action = task.get("action")
+            if action == "end":
+                log.info("job %s ended: %s", self.job_id, task.get("reason", ""))
+                return EXIT_END
+            if action in ("train", "evaluate"):
+                self._run_round_task(task)
+                continue
+            if action != "wait":
+                log.warning("unknown task action %r; polling again", action)
+            # Only sleep when the portal answered at once (no long poll on its side).
+            pause = float(task.get("retry_after") or 1.0) - (time.monotonic() - started)
+            if pause > 0:
+                self._sleep(min(pause, 60.0))
+
+    def _fetch_task(self) -> dict:
+        wait = f"{self.wait_s:g}"
+        path = f"/api/v1/fl/jobs/{self.job_id}/task?wait={wait}"
+        task = self.client.get(path, timeout=self.wait_s + 15.0).json()
+        if not isinstance(task, dict):
+            raise PortalRefusal(0, "bad_task", f"task is not an object: {task!r}")
+        return task
+
+    def _run_round_task(self, task: dict) -> None:
+        """Do one train/evaluate task; a 409 (round closed meanwhile) drops it."""
+        action, round_no = task["action"], task.get("round")
+        log.info("round %s: %s with model version %s", round_no, action, task.get("model_version"))
+        try:
+            weights = self.backoff.call(lambda: self._download(task), "model download")
+            if action == "train":
+                self._train(task, weights)
+            else:
+                self._evaluate(task, weights)
+        except PortalRefusal as exc:
+            if exc.status != 409:
+                raise
+            log.info("round %s: dropped, the round moved on (%s)", round_no, exc)
+
+    def _download(self, task: dict) -> bytes:
+        """The model version's bytes, checked against the task's sha256 (and header)."""
+        url = task.get("model_url") or f"/api/v1/fl/jobs/{self.job_id}/models/{task['model_version']}"
+        expected = str(task.get("sha256") or "").lower()
+        if not expected:
+            raise PortalRefusal(0, "bad_task", "task carries no sha256 for its model")
+        answer = self.client.get(url, timeout=120.0)
+        digest = hashlib.sha256(answer.body).hexdigest()
+        header = (answer.headers.get("X-Checksum-Sha256") or digest).lower()
+        if digest != expected or header != expected:
+            raise ChecksumMismatch(f"model {url}: sha256 {digest}, expected {expected}")
+        return answer.body
+
+    def _train(self, task: dict, weights: bytes) -> None:
+        result = self.site.train(task, weights)
+        log.info("round %s: trained on %d examples on %s: %s", task.get("round"),
+                 result.num_examples, self.site.device, _fmt(result.metrics))
+        headers = {"Content-Type": "application/octet-stream",
+                   "X-Num-Examples": str(result.num_examples),
+                   "X-Metrics": _json(result.metrics)}
+        path = f"/api/v1/fl/rounds/{task['round_id']}/update"
+        answer = self.backoff.call(
+            lambda: self.client.request("POST", path, body=result.weights, headers=headers,
+                                        timeout=120.0), "update upload")
+        log.info("round %s: update accepted (%s)", task.get("round"), answer.status)
+
+    def _evaluate(self, task: dict, weights: bytes) -> None:
+        num_examples, metrics = self.site.evaluate(task, weights)
+        log.info("round %s: evaluated on %d examples: %s", task.get("round"), num_examples, _fmt(metrics))
+        path = f"/api/v1/fl/rounds/{task['round_id']}/evaluation"
+        payload = {"num_examples": num_examples, "metrics": metrics}
+        answer = self.backoff.call(lambda: self.client.post_json(path, payload), "evaluation upload")
+        log.info("round %s: evaluation accepted (%s)", task.get("round"), answer.status)
+
+
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
+
+
+def watch_parent(parent_pid: int, *, interval: float = 0.5) -> threading.Thread | None:
+    """Exit the process (status 4) as soon as ``parent_pid`` is no longer our parent.
+
+    A daemon thread polls ``os.getppid()``, so the check also runs while the main thread
+    is blocked in a long poll or in training. ``parent_pid`` 0 disables the watch.
+    """
+    if not parent_pid:
+        return None
+
+    def _watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        log.error("parent process %d is gone; exiting so no orphan keeps training", parent_pid)
+        logging.shutdown()
+        os._exit(EXIT_ORPHANED)
+
+    thread = threading.Thread(target=_watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nodes.agent.trainer",
+                                     description="flportal trainer for one job (one site).")
+    parser.add_argument("--portal", required=True, help="portal base URL, e.g. http://portal:8000")
+    parser.add_argument("--job", type=int, required=True, help="job id")
+    parser.add_argument("--data-dir", required=True, type=Path, help="directory of local datasets")
+    parser.add_argument("--dataset", help="local dataset name (default: the job config's)")
+    parser.add_argument("--token-file", help=f"file holding the node token (default: ${NODE_TOKEN_ENV})")
+    parser.add_argument("--wait", type=float, default=20.0, help="long-poll seconds per task request (max 25)")
+    parser.add_argument("--max-offline", type=float, default=300.0,
+                        help="give up after this many seconds of continuous portal failure")
+    parser.add_argument("--backoff-initial", type=float, default=0.2, help="first retry delay, seconds")
+    parser.add_argument("--backoff-cap", type=float, default=5.0, help="longest retry delay, seconds")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process stops being our parent (default: the parent at "
+                             "start; 0 disables)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the trainer; return its exit status (see the module docstring)."""
+    opts = parse_args(argv)
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s trainer[job {opts.job}]: %(message)s")
+    watch_parent(os.getppid() if opts.parent_pid is None else opts.parent_pid)
+    from nodes.agent.local import LocalSite, SiteError  # torch: only after the cheap checks
+
+    try:
+        token = read_secret(env_var=NODE_TOKEN_ENV, file_path=opts.token_file,
+                            option="--token-file", what="node token")
+        site = LocalSite(opts.data_dir, opts.dataset)
+        log.info("job %d: portal %s, data %s, device %s", opts.job, opts.portal, opts.data_dir, site.device)
+        backoff = Backoff(max_offline=opts.max_offline, initial=opts.backoff_initial, cap=opts.backoff_cap)
+        trainer = Trainer(client=PortalClient(opts.portal, token), site=site, job_id=opts.job,
+                          wait_s=opts.wait, backoff=backoff)
+        return trainer.run()
+    except (MissingSecret, SiteError) as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
+    except PortalRefusal as exc:
+        log.error("portal refused: %s", exc)
+        return EXIT_REFUSED
+    except PortalOffline as exc:
+        log.error("%s", exc)
+        return EXIT_OFFLINE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Register a node (or re-issue its credentials) and print them once."""
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from flportal.errors import ValidationFailed
+from nodes.services import node_register
+
+
+class Command(BaseCommand):
+    help = "Register a site's node; prints its token and agent key once (they are not stored)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("--agent-url", required=True, help="where the portal calls this node's agent")
+        parser.add_argument("--json", action="store_true", help="print the credentials as JSON")
+
+    def handle(self, *args, name, agent_url, **options):
+        try:
+            creds = node_register(name=name, agent_url=agent_url)
+        except ValidationFailed as exc:
+            raise CommandError(exc.message) from exc
+        if options["json"]:
+            self.stdout.write(_json_dump({"node": creds.node.name, "token": creds.token, "agent_key": creds.agent_key}))
+            return
+        self.stdout.write(f"Node {creds.node.name} registered; its agent is called at {creds.node.agent_url}.\n"
+                          f"Start the agent at the site with (shown once, keep them secret):\n"
+                          f"  FLPORTAL_NODE_TOKEN={creds.token} \\\n  FLPORTAL_AGENT_KEY={creds.agent_key} \\\n"
+                          f"  python -m nodes.agent --portal <portal URL> --name {creds.node.name} --data-dir <dir>")
+
+
+def _json_dump(data) -> str:
+    return json.dumps(data)

@@ -1,0 +1,17 @@
+from flportal.tokens import secret_matches, split_token
+from nodes.models import Node
+
+
+def node_for_token(token: str) -> Node | None:
+    """The node a `<key_id>.<secret>` token belongs to, or None."""
+    parts = split_token(token)
+    if parts is None:
+        return None
+    node = Node.objects.filter(token_key_id=parts[0]).first()
+    if node is None or not secret_matches(parts[1], node.token_hash):
+        return None
+    return node
+
+
+def node_list():
+    return Node.objects.all()

@@ -1,0 +1,179 @@
+import gc
+import weakref
+
+import pytest
+import torch
+
+from jobs.fl.params import ParamError
+from jobs.fl.strategies import STRATEGIES, FedAvg, Strategy, get_strategy, register_strategy
+
+
+def global_state():
+    return {
+        "w": torch.zeros(2, 2, dtype=torch.float32),
+        "b": torch.zeros(2, dtype=torch.float64),
+        "h": torch.zeros(1, dtype=torch.float16),
+        "count": torch.tensor(0, dtype=torch.int64),
+    }
+
+
+def update(w, b, h, count):
+    return {
+        "w": torch.tensor(w, dtype=torch.float32),
+        "b": torch.tensor(b, dtype=torch.float64),
+        "h": torch.tensor([h], dtype=torch.float16),
+        "count": torch.tensor(count, dtype=torch.int64),
+    }
+
+
+U1 = ([[1.0, 2.0], [3.0, 4.0]], [1.0, -1.0], 1.0, 10)
+U2 = ([[3.0, 6.0], [0.0, 8.0]], [4.0, 2.0], 4.0, 20)
+
+
+def test_registry_finds_fedavg_and_refuses_unknown():
+    assert get_strategy("fedavg") is FedAvg
+    assert STRATEGIES["fedavg"] is FedAvg
+    assert FedAvg.needs_all_updates is False and FedAvg.description
+    with pytest.raises(ParamError) as info:
+        get_strategy("fedmagic")
+    assert info.value.field == "strategy"
+
+
+def test_weighted_average_matches_hand_computation():
+    agg = FedAvg(global_state(), {})
+    agg.add(update(*U1), num_examples=1)
+    agg.add(update(*U2), num_examples=3)
+    out = agg.result()
+    # (1*u1 + 3*u2) / 4
+    assert torch.equal(out["w"], torch.tensor([[2.5, 5.0], [0.75, 7.0]]))
+    assert torch.equal(out["b"], torch.tensor([3.25, 1.25], dtype=torch.float64))
+    assert torch.equal(out["h"], torch.tensor([3.25], dtype=torch.float16))
+    assert out["count"].item() == 18  # (10 + 60) / 4 = 17.5, rounded half to even
+
+
+def test_unweighted_average_matches_hand_computation():
+    agg = FedAvg(global_state(), {"weighted": False})
+    agg.add(update(*U1), num_examples=1)
+    agg.add(update(*U2), num_examples=1000)
+    out = agg.result()
+    assert torch.equal(out["w"], torch.tensor([[2.0, 4.0], [1.5, 6.0]]))
+    assert torch.equal(out["b"], torch.tensor([2.5, 0.5], dtype=torch.float64))
+    assert out["count"].item() == 15
+
+
+def test_integer_buffer_gets_rounded_weighted_mean():
+    state = {"num_batches_tracked": torch.tensor(0, dtype=torch.int64),
+             "idx": torch.zeros(3, dtype=torch.int32)}
+    agg = FedAvg(state, {})
+    int32 = torch.int32
+    agg.add({"num_batches_tracked": torch.tensor(10), "idx": torch.tensor([1, 2, 3], dtype=int32)}, 2)
+    agg.add({"num_batches_tracked": torch.tensor(13), "idx": torch.tensor([2, 2, 9], dtype=int32)}, 1)
+    out = agg.result()
+    assert out["num_batches_tracked"].dtype == torch.int64
+    assert out["num_batches_tracked"].item() == 11  # 33 / 3
+    assert out["idx"].tolist() == [1, 2, 5]  # [4/3, 2, 15/3] rounded
+    assert out["idx"].dtype == torch.int32
+
+
+def test_result_keeps_names_shapes_and_dtypes_of_global_state():
+    agg = FedAvg(global_state(), None)
+    agg.add(update(*U1), 5)
+    out = agg.result()
+    assert list(out) == list(global_state())
+    for name, reference in global_state().items():
+        assert out[name].shape == reference.shape
+        assert out[name].dtype == reference.dtype
+
+
+def test_single_update_is_returned_unchanged():
+    agg = FedAvg(global_state(), {})
+    agg.add(update(*U1), 7)
+    out = agg.result()
+    for name, tensor in update(*U1).items():
+        assert torch.equal(out[name], tensor)
+
+
+def test_float64_accumulation_avoids_float32_rounding():
+    agg = FedAvg({"w": torch.zeros(1)}, {})
+    for value in [1e8, 1.0, -1e8]:  # float32 running sums would lose the 1.0
+        agg.add({"w": torch.tensor([value])}, 1)
+    assert agg.result()["w"].item() == pytest.approx(1 / 3)
+
+
+def test_streaming_keeps_no_reference_to_added_tensors():
+    agg = FedAvg({"w": torch.zeros(3, dtype=torch.float64)}, {})
+    refs = []
+    for value in (1.0, 2.0, 3.0):
+        tensor = torch.full((3,), value, dtype=torch.float64)  # same dtype as the sums
+        refs.append(weakref.ref(tensor))
+        agg.add({"w": tensor}, 1)
+        del tensor
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    assert torch.equal(agg.result()["w"], torch.full((3,), 2.0, dtype=torch.float64))
+
+
+def test_aggregator_does_not_alias_added_tensors():
+    tensor = torch.ones(3, dtype=torch.float64)
+    agg = FedAvg({"w": torch.zeros(3, dtype=torch.float64)}, {})
+    agg.add({"w": tensor}, 1)
+    tensor.fill_(1000.0)  # a stored view would change the result
+    assert torch.equal(agg.result()["w"], torch.ones(3, dtype=torch.float64))
+
+
+def test_add_does_not_modify_the_update_or_global_state():
+    state, upd = global_state(), update(*U1)
+    agg = FedAvg(state, {})
+    agg.add(upd, 2)
+    agg.add(upd, 2)
+    assert torch.equal(upd["w"], update(*U1)["w"])
+    assert torch.equal(state["w"], torch.zeros(2, 2))
+    assert agg.num_updates == 2
+
+
+def test_result_without_updates_raises():
+    with pytest.raises(ValueError, match="no updates"):
+        FedAvg(global_state(), {}).result()
+
+
+def test_all_zero_weights_raise():
+    agg = FedAvg(global_state(), {})
+    agg.add(update(*U1), 0)
+    with pytest.raises(ValueError, match="0 examples"):
+        agg.result()
+
+
+@pytest.mark.parametrize("bad_update, num_examples", [
+    ({"w": torch.zeros(2, 2)}, 1),
+    ({**update(*U1), "extra": torch.zeros(1)}, 1),
+    ({**update(*U1), "w": torch.zeros(4)}, 1),
+    (update(*U1), -1),
+    (update(*U1), True),
+])
+def test_mismatched_updates_are_refused(bad_update, num_examples):
+    with pytest.raises(ValueError):
+        FedAvg(global_state(), {}).add(bad_update, num_examples)
+
+
+def test_strategy_params_are_validated():
+    with pytest.raises(ParamError) as info:
+        FedAvg(global_state(), {"weighted": "yes"})
+    assert info.value.field == "strategy_params.weighted"
+
+
+def test_registry_is_open_to_new_strategies(monkeypatch):
+    monkeypatch.setattr("jobs.fl.strategies.base.STRATEGIES", dict(STRATEGIES))
+
+    @register_strategy
+    class KeepGlobal(Strategy):
+        name = "keep_global_for_test"
+
+        def add(self, state, num_examples):
+            self.num_updates += 1
+
+        def result(self):
+            return dict(self.global_state)
+
+    assert get_strategy("keep_global_for_test") is KeepGlobal
+    with pytest.raises(ValueError):
+        register_strategy(type("Other", (Strategy,), {"name": "keep_global_for_test"}))
