@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def free_port(preferred: int | None = None) -> int:
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:
@@ -99,13 +100,23 @@ class LocalStack:
         self.wait_for(lambda: self._up(f"{self.url}/login/"), 60, "the portal to answer")
         return self.portal
 
+    def start_celery(self) -> None:
+        """Production mode: a separate `celery worker` and `celery beat` process."""
+        celery = str(Path(sys.executable).with_name("celery"))
+        self.spawn("worker", [celery, "-A", "flportal", "worker", "--pool", "threads", "--concurrency", "4",
+                              "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
+        self.spawn("beat", [celery, "-A", "flportal", "beat", "--loglevel", "INFO",
+                            "--schedule", str(self.workdir / "celerybeat-schedule")])
+
     def start_agent(self, agent: Agent) -> subprocess.Popen:
         agent.process = self.spawn(agent.name, [
             sys.executable, "-m", "nodes.agent", "--portal", self.url, "--name", agent.name,
             "--data-dir", str(agent.data_dir), "--port", str(agent.port),
             "--runs-dir", str(self.workdir / "runs" / agent.name),
             "--heartbeat-interval", str(self.heartbeat_interval), "--stop-grace", "3",
-        ], env={"FLPORTAL_NODE_TOKEN": agent.token, "FLPORTAL_AGENT_KEY": agent.agent_key})
+        ], env={"FLPORTAL_NODE_TOKEN": agent.token, "FLPORTAL_AGENT_KEY": agent.agent_key,
+                # several trainers share this machine: one math thread each beats contention
+                "OMP_NUM_THREADS": "1"})
         return agent.process
 
     def kill_agent(self, agent: Agent) -> None:

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds between heartbeats until the portal says otherwise (default 5)")
     parser.add_argument("--stop-grace", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping a run (default 10)")
+    parser.add_argument("--trainer-max-offline", type=float, default=300.0,
+                        help="a trainer gives up after this many seconds without the portal (default 300)")
     return parser.parse_args(argv)
 
 
@@ -53,7 +55,7 @@ def trainer_command(opts: argparse.Namespace):
     def command(run_id: str, job_id: int, dataset: str) -> list[str]:
         return [sys.executable, "-m", "nodes.agent.trainer", "--portal", opts.portal,
                 "--job", str(job_id), "--data-dir", data_dir, "--dataset", dataset,
-                "--parent-pid", str(agent_pid)]
+                "--parent-pid", str(agent_pid), "--max-offline", f"{opts.trainer_max_offline:g}"]
 
     return command
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 from nodes.agent import __version__
 from nodes.agent.portal import PortalClient, PortalOffline, PortalRefusal, TransientError
+from nodes.agent.sitedata import DATASET_SUFFIXES
 
 log = logging.getLogger("flportal.agent")
 
@@ -81,6 +82,17 @@ def datasets(data_dir: Path) -> list[dict]:
         return []
 
 
+def directory_signature(data_dir: Path) -> tuple:
+    """Name, size and mtime of every dataset file: describing the datasets reads them
+    whole, so heartbeats redo it only when this changes."""
+    try:
+        entries = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(data_dir).iterdir()
+                   if p.suffix.lower() in DATASET_SUFFIXES and p.is_file()]
+    except OSError:
+        return ()
+    return tuple(sorted(entries))
+
+
 class Heartbeat:
     """A daemon thread posting heartbeats every ``interval`` seconds until ``stop()``.
 
@@ -92,6 +104,7 @@ class Heartbeat:
                  describe: Callable[[Path], list[dict]] = datasets):
         self.client, self.data_dir, self.interval = client, Path(data_dir), interval
         self._describe = describe
+        self._described: tuple[tuple, list[dict]] | None = None
         self._stopped = threading.Event()
         self._healthy: bool | None = None
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -110,19 +123,26 @@ class Heartbeat:
 
     def beat(self) -> bool:
         """Post one heartbeat; return whether the portal accepted it. Never raises."""
-        payload = {"version": __version__, "datasets": self._describe(self.data_dir),
+        payload = {"version": __version__, "datasets": self._datasets(),
                    "resources": resources(self.data_dir)}
         try:
             answer = self.client.post_json(HEARTBEAT_PATH, payload, timeout=10.0).json()
         except (TransientError, PortalRefusal, PortalOffline) as exc:
             self._report(False, f"heartbeat failed: {exc}")
             return False
-        interval = answer.get("heartbeat_interval_s") if isinstance(answer, dict) else None
+        answer = answer if isinstance(answer, dict) else {}
+        interval = answer.get("heartbeat_interval_s")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool) and math.isfinite(interval):
             self.interval = min(max(float(interval), MIN_INTERVAL_S), MAX_INTERVAL_S)
-        self._report(True, f"heartbeat ok (node {answer.get('node') if isinstance(answer, dict) else '?'}, "
+        self._report(True, f"heartbeat ok (node {answer.get('node', '?')}, "
                            f"{len(payload['datasets'])} datasets, every {self.interval:g}s)")
         return True
+
+    def _datasets(self) -> list[dict]:
+        signature = directory_signature(self.data_dir)
+        if self._described is None or self._described[0] != signature:
+            self._described = (signature, self._describe(self.data_dir))
+        return self._described[1]
 
     def _report(self, healthy: bool, message: str) -> None:
         """Log every failure, but a success only when it follows a failure (or is first)."""

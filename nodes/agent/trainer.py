@@ -63,10 +63,11 @@ class Trainer:
                 continue
             if action != "wait":
                 log.warning("unknown task action %r; polling again", action)
-            # Only sleep when the portal answered at once (no long poll on its side).
-            pause = float(task.get("retry_after") or 1.0) - (time.monotonic() - started)
+            # Sleep only what the long poll did not already wait: nothing after a full
+            # long poll, retry_after when the portal answered at once.
+            pause = _retry_after(task) - (time.monotonic() - started)
             if pause > 0:
-                self._sleep(min(pause, 60.0))
+                self._sleep(pause)
 
     def _fetch_task(self) -> dict:
         wait = f"{self.wait_s:g}"
@@ -79,6 +80,9 @@ class Trainer:
     def _run_round_task(self, task: dict) -> None:
         """Do one train/evaluate task; a 409 (round closed meanwhile) drops it."""
         action, round_no = task["action"], task.get("round")
+        missing = [key for key in ("round_id", "sha256", "config") if key not in task]
+        if missing or ("model_url" not in task and "model_version" not in task):
+            raise PortalRefusal(0, "bad_task", f"{action} task lacks {missing or ['model_url']}: {task!r}")
         log.info("round %s: %s with model version %s", round_no, action, task.get("model_version"))
         try:
             weights = self.backoff.call(lambda: self._download(task), "model download")
@@ -94,9 +98,7 @@ class Trainer:
     def _download(self, task: dict) -> bytes:
         """The model version's bytes, checked against the task's sha256 (and header)."""
         url = task.get("model_url") or f"/api/v1/fl/jobs/{self.job_id}/models/{task['model_version']}"
-        expected = str(task.get("sha256") or "").lower()
-        if not expected:
-            raise PortalRefusal(0, "bad_task", "task carries no sha256 for its model")
+        expected = str(task["sha256"]).lower()
         answer = self.client.get(url, timeout=120.0)
         digest = hashlib.sha256(answer.body).hexdigest()
         header = (answer.headers.get("X-Checksum-Sha256") or digest).lower()
@@ -124,6 +126,15 @@ class Trainer:
         payload = {"num_examples": num_examples, "metrics": metrics}
         answer = self.backoff.call(lambda: self.client.post_json(path, payload), "evaluation upload")
         log.info("round %s: evaluation accepted (%s)", task.get("round"), answer.status)
+
+
+def _retry_after(task: dict) -> float:
+    """The task's retry_after in seconds, kept within [0.1, 60] (1 when absent or bad)."""
+    try:
+        value = float(task.get("retry_after", 1.0))
+    except (TypeError, ValueError):
+        value = 1.0
+    return min(max(value, 0.1), 60.0) if value == value else 1.0
 
 
 def _json(value) -> str:
@@ -180,18 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s trainer[job {opts.job}]: %(message)s")
     watch_parent(os.getppid() if opts.parent_pid is None else opts.parent_pid)
-    from nodes.agent.local import LocalSite, SiteError  # torch: only after the cheap checks
-
     try:
         token = read_secret(env_var=NODE_TOKEN_ENV, file_path=opts.token_file,
                             option="--token-file", what="node token")
+    except MissingSecret as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
+    from nodes.agent.local import LocalSite, SiteError  # torch: only after the cheap checks
+
+    try:
         site = LocalSite(opts.data_dir, opts.dataset)
         log.info("job %d: portal %s, data %s, device %s", opts.job, opts.portal, opts.data_dir, site.device)
         backoff = Backoff(max_offline=opts.max_offline, initial=opts.backoff_initial, cap=opts.backoff_cap)
         trainer = Trainer(client=PortalClient(opts.portal, token), site=site, job_id=opts.job,
                           wait_s=opts.wait, backoff=backoff)
         return trainer.run()
-    except (MissingSecret, SiteError) as exc:
+    except SiteError as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
     except PortalRefusal as exc:

@@ -83,7 +83,7 @@ def agent(site_data, python, tmp_path_factory):
     The CLI interval is long, the portal asks for 0.2 s: heartbeats prove it is obeyed."""
     portal = FakePortal(token=NODE_TOKEN, heartbeat_interval_s=0.2, block_tasks=True).start()
     agent = start_agent(python, site_data, tmp_path_factory.mktemp("agent"), portal,
-                        "--heartbeat-interval", "30")
+                        "--heartbeat-interval", "30", "--trainer-max-offline", "42")
     yield agent
     stop_agent(agent)
 
@@ -162,6 +162,8 @@ def test_run_lifecycle_start_idempotent_log_stop(agent):
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert b"nodes.agent.trainer" in cmdline and not any(NODE_TOKEN.encode() in arg for arg in cmdline)
+    assert cmdline[cmdline.index(b"--max-offline") + 1] == b"42"
+    assert cmdline[cmdline.index(b"--parent-pid") + 1] == str(agent.process.pid).encode()
     assert f"FLPORTAL_NODE_TOKEN={NODE_TOKEN}".encode() in environ
     assert not any(AGENT_KEY.encode() in entry for entry in environ), "the trainer never sees the agent key"
 

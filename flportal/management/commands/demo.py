@@ -14,8 +14,8 @@ from django.core.management.base import BaseCommand
 from flportal.localstack import LocalStack, free_port
 
 DEMO_JOB = {
-    "model": "logreg", "strategy": "fedavg", "optimizer": "sgd", "optimizer_params": {"lr": 0.05},
-    "dataset": "breast_cancer", "rounds": 5, "local_epochs": 1, "batch_size": 16,
+    "model": "logreg", "strategy": "fedavg", "optimizer": "sgd", "optimizer_params": {"lr": 0.1},
+    "dataset": "breast_cancer", "rounds": 5, "local_epochs": 1, "batch_size": 8,
     "min_clients": 3, "clients_required": 2, "round_timeout_s": 60, "seed": 0,
 }
 

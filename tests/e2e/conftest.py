@@ -1,0 +1,103 @@
+"""End-to-end fixtures: real processes (portal, agents, trainers; in production mode
+PostgreSQL, Redis, a Celery worker and beat) driven through public paths only."""
+import hashlib
+import os
+import uuid
+
+import psycopg
+import pytest
+import redis
+
+from flportal.localstack import LocalStack
+
+FAST = {  # short timings so fault tests end in seconds, not minutes
+    "FLPORTAL_HEARTBEAT_INTERVAL_S": "1",
+    "FLPORTAL_NODE_OFFLINE_AFTER_S": "4",
+    "FLPORTAL_WATCHDOG_INTERVAL_S": "1",
+}
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS = "redis://127.0.0.1:6379"
+
+
+def services_missing(reason: str):
+    """Skip, or fail when FLPORTAL_REQUIRE_SERVICES=1 (CI): a green run that skipped the
+    real stack would be a lie."""
+    if os.environ.get("FLPORTAL_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"FLPORTAL_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def make_stack(tmp_path_factory, name: str, env: dict) -> LocalStack:
+    workdir = tmp_path_factory.mktemp(name)
+    stack = LocalStack(workdir=workdir, env={**FAST, "FLPORTAL_DATA_DIR": str(workdir / "portal"), **env})
+    stack.setup(username="e2e")
+    stack.make_data(dataset="breast_cancer", nodes=3)
+    stack.register_nodes(3)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory):
+    stack = make_stack(tmp_path_factory, "embedded", {"DATABASE_URL": "", "REDIS_URL": ""})
+    try:
+        stack.start_portal()
+        for agent in stack.agents:
+            stack.start_agent(agent)
+        stack.wait_nodes_online([a.name for a in stack.agents])
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def production_stack(tmp_path_factory):
+    database = f"flportal_e2e_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        redis.Redis.from_url(f"{REDIS}/9", socket_connect_timeout=5).flushdb()
+    except (psycopg.Error, redis.RedisError) as exc:
+        services_missing(f"PostgreSQL or Redis is not reachable: {exc}")
+    stack = make_stack(tmp_path_factory, "production", {
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}", "REDIS_URL": f"{REDIS}/9"})
+    try:
+        stack.start_celery()
+        stack.start_portal()
+        for agent in stack.agents:
+            stack.start_agent(agent)
+        stack.wait_nodes_online([a.name for a in stack.agents])
+        yield stack
+    finally:
+        stack.stop()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def launch(stack: LocalStack, **spec) -> int:
+    body = {"name": "e2e", "start": True, "nodes": [a.name for a in stack.agents],
+            "spec": {"model": "logreg", "dataset": "breast_cancer", "optimizer_params": {"lr": 0.1},
+                     "batch_size": 8, "rounds": 5, "round_timeout_s": 60, **spec}}
+    with stack.api() as api:
+        response = api.post("/api/v1/jobs/", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+
+def assert_job_complete(stack: LocalStack, job_id: int, *, rounds: int, nodes: int) -> list[dict]:
+    """Every train round has `nodes` accepted updates, a model version whose sha256
+    matches its downloaded bytes, and aggregated metrics; returns the rounds."""
+    with stack.api() as api:
+        all_rounds = api.get(f"/api/v1/jobs/{job_id}/rounds/").json()
+        train = [r for r in all_rounds if r["kind"] == "train"]
+        assert [r["number"] for r in train] == list(range(1, rounds + 1))
+        for rnd in train:
+            assert rnd["status"] == "closed", rnd
+            assert len(rnd["updates"]) == nodes, rnd
+            version = rnd["result_version"]
+            assert version["round"] == rnd["number"]
+            blob = api.get(f"/api/v1/jobs/{job_id}/models/{rnd['number']}/download/").content
+            assert hashlib.sha256(blob).hexdigest() == version["sha256"] and len(blob) == version["bytes"]
+            assert {"train_loss", "val_accuracy", "num_examples"} <= set(rnd["metrics"]), rnd["metrics"]
+        evaluated = [r for r in all_rounds if r["kind"] == "evaluate"]
+        assert evaluated and all({"loss", "accuracy"} <= set(r["metrics"]) for r in evaluated)
+    return all_rounds
