@@ -17,6 +17,8 @@ FAST = {  # short timings so fault tests end in seconds, not minutes
 }
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379"
+E2E_PASSWORD = "e2e-Password-1"
+CHROMIUM = "/usr/bin/chromium"
 
 
 def services_missing(reason: str):
@@ -30,7 +32,7 @@ def services_missing(reason: str):
 def make_stack(tmp_path_factory, name: str, env: dict) -> LocalStack:
     workdir = tmp_path_factory.mktemp(name)
     stack = LocalStack(workdir=workdir, env={**FAST, "FLPORTAL_DATA_DIR": str(workdir / "portal"), **env})
-    stack.setup(username="e2e")
+    stack.setup(username="e2e", password=E2E_PASSWORD)
     stack.make_data(dataset="breast_cancer", nodes=3)
     stack.register_nodes(3)
     return stack
@@ -101,3 +103,20 @@ def assert_job_complete(stack: LocalStack, job_id: int, *, rounds: int, nodes: i
         evaluated = [r for r in all_rounds if r["kind"] == "evaluate"]
         assert evaluated and all({"loss", "accuracy"} <= set(r["metrics"]) for r in evaluated)
     return all_rounds
+
+
+@pytest.fixture
+def browser_page():
+    """A page in Debian's Chromium driven by Playwright (no browser download)."""
+    if not os.path.exists(CHROMIUM):
+        services_missing(f"Chromium is not installed at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()

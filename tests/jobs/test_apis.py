@@ -1,0 +1,249 @@
+"""The user REST API through the real URLs: authentication, create/start/cancel, the
+read endpoints' shapes, and that another user's job is a 404 everywhere."""
+import hashlib
+
+import pytest
+from rest_framework.test import APIClient
+
+from jobs.models import Job, JobEvent
+from tests.conftest import BASE_SPEC, NODE_NAMES
+from tests.jobs.helpers import close, open_round, submit_eval, submit_train
+
+pytestmark = pytest.mark.django_db
+
+JOB_KEYS = {"id", "name", "description", "owner", "status", "status_reason", "current_round", "spec", "final_model",
+            "created_at", "queued_at", "started_at", "finished_at", "cloned_from"}
+
+
+def create_body(**overrides):
+    return {"name": "bc", "nodes": list(NODE_NAMES), "spec": dict(BASE_SPEC), **overrides}
+
+
+def assert_error(response, status, code=None):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) >= {"error", "message"} and body["message"]
+    if code:
+        assert body["error"] == code
+    return body
+
+
+@pytest.fixture
+def finished_round_job(started_job, nodes3, tmp_path):
+    """A running job whose train round 1 and evaluate round 1 are closed."""
+    train = open_round(started_job)
+    for i, cr in enumerate(nodes3):
+        submit_train(train, cr.node, tmp_path, seed=i, num_examples=10 * (i + 1), metrics={"train_loss": float(i)})
+    close(train)
+    evaluate = open_round(started_job, "evaluate")
+    for cr in nodes3:
+        submit_eval(evaluate, cr.node, num_examples=10, metrics={"loss": 0.5, "accuracy": 0.75})
+    close(evaluate)
+    started_job.refresh_from_db()
+    return started_job
+
+
+# --- authentication -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("authorization", [None, "Token nope", "Token u123.wrong", "Bearer x"])
+def test_unauthenticated_requests_are_refused_with_json(user, authorization):
+    client = APIClient()
+    if authorization:
+        client.credentials(HTTP_AUTHORIZATION=authorization)
+    for response in (client.get("/api/v1/jobs/"), client.post("/api/v1/jobs/", create_body(), format="json"),
+                     client.get("/api/v1/nodes/")):
+        body = assert_error(response, 401)
+        assert body["error"] in ("not_authenticated", "authentication_failed")
+        assert response["WWW-Authenticate"] == "Token"
+    assert Job.objects.count() == 0
+
+
+def test_a_token_of_an_inactive_user_is_refused(user, api_client):
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert_error(api_client.get("/api/v1/jobs/"), 401, "authentication_failed")
+
+
+def test_session_auth_works_and_enforces_csrf_on_writes(user, nodes3):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    assert client.get("/api/v1/jobs/").status_code == 200
+
+    assert_error(client.post("/api/v1/jobs/", create_body(), format="json"), 403, "permission_denied")
+    assert Job.objects.count() == 0
+
+    client.get("/login/")  # sets the CSRF cookie
+    response = client.post("/api/v1/jobs/", create_body(), format="json",
+                           HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    assert response.status_code == 201 and Job.objects.get().owner == user
+
+
+# --- create, start, cancel ---------------------------------------------------------------------
+
+def test_create_job_answers_201_with_the_job(api_client, user, nodes3):
+    response = api_client.post("/api/v1/jobs/", create_body(description="first try"), format="json")
+
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == JOB_KEYS
+    job = Job.objects.get()
+    assert body["id"] == job.pk and body["owner"] == "alice" and body["status"] == "draft"
+    assert body["description"] == "first try" and body["final_model"] is None
+    assert body["spec"]["model_params"] == {"in_features": 30, "num_classes": 2}
+    assert body["spec"]["rounds"] == 2 and body["spec"]["dataset"] == "breast_cancer"
+    assert job.owner == user
+
+
+def test_create_job_with_start_queues_it(api_client, nodes3, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        response = api_client.post("/api/v1/jobs/", create_body(start=True), format="json")
+    assert response.status_code == 201 and response.json()["status"] == "queued"
+    assert Job.objects.get().status == Job.Status.QUEUED
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"rounds": 0}, "rounds"), ({"model": "nope"}, "model"), ({"optimizer_params": {"lr": -1}}, "optimizer_params.lr"),
+    ({"dataset": "mnist"}, "dataset"), ({"surprise": 1}, "surprise"),
+])
+def test_create_job_with_a_bad_spec_names_the_field(api_client, nodes3, spec, field):
+    response = api_client.post("/api/v1/jobs/", create_body(spec={**BASE_SPEC, **spec}), format="json")
+    body = assert_error(response, 400, "invalid")
+    assert body["field"] == field and body["message"].startswith(field)
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"nodes": ["site-a"], "spec": BASE_SPEC}, "name"), ({"name": "x", "spec": BASE_SPEC}, "nodes"),
+    ({"name": "x", "nodes": [], "spec": BASE_SPEC}, "nodes"), ({"name": "x", "nodes": ["site-a"], "spec": [1]}, "spec"),
+])
+def test_create_job_with_a_bad_shape_is_refused(api_client, nodes3, body, field):
+    response = assert_error(api_client.post("/api/v1/jobs/", body, format="json"), 400, "invalid")
+    assert field in response["fields"] and field in response["message"]
+    assert Job.objects.count() == 0
+
+
+def test_create_job_with_unknown_or_duplicate_nodes_is_refused(api_client, nodes3):
+    for nodes in (["site-a", "nowhere"], ["site-a", "site-a"]):
+        body = assert_error(api_client.post("/api/v1/jobs/", create_body(nodes=nodes), format="json"), 400, "invalid")
+        assert body["field"] == "nodes"
+    assert Job.objects.count() == 0
+
+
+def test_create_job_with_non_finite_json_is_refused(api_client, nodes3):
+    response = api_client.post("/api/v1/jobs/", data='{"name": "x", "nodes": ["site-a"], "spec": {"rounds": NaN}}',
+                               content_type="application/json")
+    assert_error(response, 400)
+    assert Job.objects.count() == 0
+
+
+def test_start_then_cancel(api_client, job, user, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        response = api_client.post(f"/api/v1/jobs/{job.pk}/start/")
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert_error(api_client.post(f"/api/v1/jobs/{job.pk}/start/"), 409, "illegal_transition")
+
+    response = api_client.post(f"/api/v1/jobs/{job.pk}/cancel/", {"reason": "changed my mind"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled" and response.json()["status_reason"] == "changed my mind"
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
+    assert JobEvent.objects.filter(job=job, kind="status").latest("id").actor == user
+    assert_error(api_client.post(f"/api/v1/jobs/{job.pk}/cancel/"), 409, "illegal_transition")
+
+
+# --- another user's job ------------------------------------------------------------------------
+
+ENDPOINTS = [
+    ("get", "/api/v1/jobs/{id}/"), ("post", "/api/v1/jobs/{id}/start/"), ("post", "/api/v1/jobs/{id}/cancel/"),
+    ("get", "/api/v1/jobs/{id}/rounds/"), ("get", "/api/v1/jobs/{id}/metrics/"), ("get", "/api/v1/jobs/{id}/events/"),
+    ("get", "/api/v1/jobs/{id}/models/"), ("get", "/api/v1/jobs/{id}/models/0/download/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+@pytest.mark.parametrize("which", ["draft", "running"])
+def test_another_users_job_is_not_found_on_every_endpoint(api_client, other_api_client, job, started_job_factory,
+                                                          method, path, which):
+    target = job if which == "draft" else started_job_factory()
+    before = Job.objects.filter(pk=target.pk).values().get()
+    events = JobEvent.objects.count()
+
+    response = getattr(other_api_client, method)(path.format(id=target.pk))
+
+    body = assert_error(response, 404, "not_found")
+    assert str(target.pk) in body["message"]
+    assert Job.objects.filter(pk=target.pk).values().get() == before and JobEvent.objects.count() == events
+    # ... and the same request by the owner is not a 404 (the path is right)
+    if method == "get" and (which == "running" or "download" not in path):
+        assert getattr(api_client, method)(path.format(id=target.pk)).status_code == 200
+
+
+@pytest.fixture
+def started_job_factory(make_started_job):
+    return make_started_job
+
+
+def test_job_list_shows_only_ones_own_jobs(api_client, other_api_client, job, make_job, other_user):
+    theirs = make_job(owner=other_user)
+    mine = api_client.get("/api/v1/jobs/").json()
+    assert mine["count"] == 1 and [j["id"] for j in mine["results"]] == [job.pk]
+    assert [j["id"] for j in other_api_client.get("/api/v1/jobs/").json()["results"]] == [theirs.pk]
+    assert api_client.get("/api/v1/jobs/?status=running").json()["count"] == 0
+    assert api_client.get("/api/v1/jobs/?status=draft").json()["count"] == 1
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+def test_rounds_shape(api_client, finished_round_job):
+    rounds = api_client.get(f"/api/v1/jobs/{finished_round_job.pk}/rounds/").json()
+
+    assert [(r["number"], r["kind"], r["status"]) for r in rounds] == [
+        (1, "train", "closed"), (1, "evaluate", "closed"), (2, "train", "open")]
+    train = rounds[0]
+    assert set(train) == {"id", "number", "kind", "status", "status_reason", "model_version", "result_version",
+                          "selected", "dropped", "target_updates", "deadline", "opened_at", "aggregating_at",
+                          "closed_at", "updates", "metrics"}
+    assert train["selected"] == list(NODE_NAMES) and train["dropped"] == [] and train["model_version"] == 0
+    assert train["result_version"]["round"] == 1 and len(train["result_version"]["sha256"]) == 64
+    assert [u["node"] for u in train["updates"]] == list(NODE_NAMES)
+    assert [u["num_examples"] for u in train["updates"]] == [10, 20, 30]
+    assert train["metrics"]["train_loss"] == pytest.approx((0 * 10 + 1 * 20 + 2 * 30) / 60)
+    assert train["metrics"]["num_examples"] == 60
+    assert rounds[1]["metrics"] == {"loss": 0.5, "accuracy": 0.75, "num_examples": 30.0, "num_nodes": 3.0}
+    assert rounds[1]["result_version"] is None and rounds[2]["model_version"] == 1
+
+
+def test_metrics_shape_and_filters(api_client, finished_round_job):
+    url = f"/api/v1/jobs/{finished_round_job.pk}/metrics/"
+    everything = api_client.get(url).json()
+    assert everything and set(everything[0]) == {"round", "phase", "node", "name", "value", "created_at"}
+
+    aggregate = api_client.get(url, {"node": "aggregate", "phase": "eval", "name": "accuracy"}).json()
+    assert [(p["round"], p["phase"], p["node"], p["value"]) for p in aggregate] == [(1, "eval", None, 0.75)]
+    site_b = api_client.get(url, {"node": "site-b", "name": "train_loss"}).json()
+    assert [(p["node"], p["value"]) for p in site_b] == [("site-b", 1.0)]
+
+
+def test_events_models_and_download(api_client, finished_round_job):
+    job = finished_round_job
+    events = api_client.get(f"/api/v1/jobs/{job.pk}/events/").json()
+    assert events[0]["kind"] == "created" and events[0]["actor"] == "alice"
+    assert {"status", "round_open", "update_accepted", "round_closed"} <= {e["kind"] for e in events}
+    later = api_client.get(f"/api/v1/jobs/{job.pk}/events/", {"after": events[-3]["id"]}).json()
+    assert [e["id"] for e in later] == [e["id"] for e in events[-2:]]
+
+    models = api_client.get(f"/api/v1/jobs/{job.pk}/models/").json()
+    assert [m["round"] for m in models] == [0, 1]
+    response = api_client.get(f"/api/v1/jobs/{job.pk}/models/1/download/")
+    data = b"".join(response.streaming_content)
+    assert response.status_code == 200 and hashlib.sha256(data).hexdigest() == models[1]["sha256"]
+    assert response["X-Checksum-Sha256"] == models[1]["sha256"]
+    assert f'filename="job{job.pk}-round1.safetensors"' in response["Content-Disposition"]
+    assert_error(api_client.get(f"/api/v1/jobs/{job.pk}/models/9/download/"), 404, "not_found")
+
+
+def test_node_list(api_client, nodes3):
+    nodes = api_client.get("/api/v1/nodes/").json()
+    assert [n["name"] for n in nodes] == list(NODE_NAMES)
+    assert {n["status"] for n in nodes} == {"online"}
+    assert all("token_hash" not in n and "token_key_id" not in n for n in nodes)
