@@ -138,7 +138,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"visibility_timeout": 3600} if REDIS_URL
+    # kombu's in-memory transport polls its queues (default: every 1 s, a second of latency
+    # on every step of a round); Redis needs no polling (BRPOP)
+    else {"polling_interval": 0.01}
+)
 WATCHDOG_INTERVAL_S = float(os.environ.get("FLPORTAL_WATCHDOG_INTERVAL_S", "5"))
 CELERY_BEAT_SCHEDULE = {
     "watchdog": {"task": "jobs.tasks.watchdog", "schedule": WATCHDOG_INTERVAL_S},

@@ -6,6 +6,7 @@ from flportal.auth import api_token_create
 
 class Command(BaseCommand):
     help = "Issue an API token for a user (printed once; only its hash is stored)."
+    requires_system_checks = []  # fast: the demo and tests call these often
 
     def add_arguments(self, parser):
         parser.add_argument("username")

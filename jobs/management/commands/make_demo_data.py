@@ -7,6 +7,7 @@ from jobs.fl.data import write_partitions
 
 class Command(BaseCommand):
     help = "Partition a dataset that scikit-learn ships across N node data directories."
+    requires_system_checks = []  # fast: the demo and tests call these often
 
     def add_arguments(self, parser):
         parser.add_argument("--dataset", default="breast_cancer", choices=["breast_cancer", "digits"])

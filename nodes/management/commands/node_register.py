@@ -9,6 +9,7 @@ from nodes.services import node_register
 
 class Command(BaseCommand):
     help = "Register a site's node; prints its token and agent key once (they are not stored)."
+    requires_system_checks = []  # fast: the demo and tests call these often
 
     def add_arguments(self, parser):
         parser.add_argument("name")
