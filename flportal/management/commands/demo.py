@@ -67,13 +67,14 @@ class Command(BaseCommand):
 
     def _progress_printer(self):
         shown = set()
+        self.final_metrics = {}
 
         def show(job, rounds):
             for rnd in rounds:
                 key = (rnd["number"], rnd["kind"])
                 if rnd["status"] == "closed" and rnd["kind"] == "evaluate" and key not in shown:
                     shown.add(key)
-                    m = rnd["metrics"]
+                    m = self.final_metrics = rnd["metrics"]
                     self.stdout.write(f"round {rnd['number']}/{job['spec']['rounds']}: validation accuracy "
                                       f"{m.get('accuracy', float('nan')):.4f}  loss {m.get('loss', float('nan')):.4f}"
                                       f"  ({int(m.get('num_nodes', 0))} nodes, {int(m.get('num_examples', 0))} examples)")
@@ -81,7 +82,11 @@ class Command(BaseCommand):
 
     def _finish(self, job: dict) -> None:
         if job["status"] == "succeeded":
-            self.stdout.write(self.style.SUCCESS(f"Job #{job['id']} succeeded: {job['status_reason']}"))
+            m = self.final_metrics
+            self.stdout.write(self.style.SUCCESS(
+                f"Job #{job['id']} succeeded: {job['status_reason']}. Final model (round {job['final_model']['round']}, "
+                f"sha256 {job['final_model']['sha256'][:12]}...): validation accuracy {m.get('accuracy', float('nan')):.4f}, "
+                f"loss {m.get('loss', float('nan')):.4f}"))
             return
         self.stderr.write(f"Job #{job['id']} {job['status']}: {job['status_reason']}")
         raise SystemExit(1)
