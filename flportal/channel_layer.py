@@ -27,16 +27,14 @@ class EmbeddedChannelLayer(InMemoryChannelLayer):
             return None
         return None if loop is asyncio.get_running_loop() else loop
 
-    async def send(self, channel, message):
+    async def _on_receiver_loop(self, coroutine):
         loop = self._foreign_loop()
         if loop is None:
-            return await super().send(channel, message)
-        future = asyncio.run_coroutine_threadsafe(super().send(channel, message), loop)
-        return await asyncio.wrap_future(future)
+            return await coroutine
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
+    async def send(self, channel, message):
+        return await self._on_receiver_loop(super().send(channel, message))
 
     async def group_send(self, group, message):
-        loop = self._foreign_loop()
-        if loop is None:
-            return await super().group_send(group, message)
-        future = asyncio.run_coroutine_threadsafe(super().group_send(group, message), loop)
-        return await asyncio.wrap_future(future)
+        return await self._on_receiver_loop(super().group_send(group, message))

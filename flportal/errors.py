@@ -49,6 +49,15 @@ def json_error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": code, "message": message}, status=status)
 
 
+def server_error(request, *args, **kwargs):
+    """500 handler: JSON under /api/ (nodes and automation parse it), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return json_error(500, "server_error", "internal error; the portal's log has the details")
+    from django.views.defaults import server_error as html_server_error
+
+    return html_server_error(request, *args, **kwargs)
+
+
 def api_exception_handler(exc, context):
     """DRF's handler, plus domain errors; every error body has `error` and `message`."""
     if isinstance(exc, DomainError):

@@ -100,6 +100,16 @@ class LocalStack:
         self.wait_for(lambda: self._up(f"{self.url}/login/"), 60, "the portal to answer")
         return self.portal
 
+    def start(self, *, celery: bool = False) -> None:
+        """Start everything: Celery worker and beat (production mode), the portal, one
+        agent per registered node; returns once every node is online."""
+        if celery:
+            self.start_celery()
+        self.start_portal()
+        for agent in self.agents:
+            self.start_agent(agent)
+        self.wait_nodes_online([a.name for a in self.agents])
+
     def start_celery(self) -> None:
         """Production mode: a separate `celery worker` and `celery beat` process."""
         celery = str(Path(sys.executable).with_name("celery"))

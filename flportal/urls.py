@@ -38,3 +38,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_patterns)),
 ]
+
+handler500 = "flportal.errors.server_error"

@@ -6,6 +6,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from flportal.errors import ValidationFailed
 from jobs import selectors, serializers
 from jobs.services import artifacts
 from jobs.services.jobs import job_cancel, job_create, job_launch
@@ -43,6 +44,8 @@ class JobStartApi(APIView):
 
 class JobCancelApi(APIView):
     def post(self, request, job_id: int):
+        if not isinstance(request.data, dict):
+            raise ValidationFailed("body: must be a JSON object, e.g. {\"reason\": \"...\"}")
         job = job_cancel(job=selectors.job_get_for_user(request.user, job_id), actor=request.user,
                          reason=str(request.data.get("reason", ""))[:500])
         return Response(serializers.JobSerializer(job).data)

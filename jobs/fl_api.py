@@ -3,6 +3,7 @@ parse, call one service, answer JSON. Domain errors become JSON errors here."""
 import asyncio
 import functools
 import json
+import math
 import os
 import time
 
@@ -18,7 +19,8 @@ from jobs.exceptions import InvalidUpdateError, UpdateTooLarge
 from jobs.fl.serialization import InvalidUpdate, validate_update_file
 from jobs.models import ModelVersion
 from jobs.services import artifacts
-from jobs.services.updates import clean_metrics, logs_append, submission_round, task_for_node, update_submit
+from jobs.services.updates import (check_num_examples, clean_metrics, logs_append, submission_round, task_for_node,
+                                   update_submit)
 from nodes.auth import async_node_required, node_required
 from nodes.services import node_heartbeat
 
@@ -70,9 +72,12 @@ async def task(request, job_id: int):
     the channel layer when a round opens or the job ends, re-checking at least every
     second) up to `wait` seconds."""
     try:
-        wait = min(max(float(request.GET.get("wait", 0)), 0.0), settings.FLPORTAL_TASK_LONG_POLL_MAX_S)
+        wait = float(request.GET.get("wait", 0))
     except ValueError:
-        return error_response(InvalidUpdateError("wait: must be a number of seconds"))
+        wait = math.nan
+    if not math.isfinite(wait):
+        return error_response(InvalidUpdateError("wait: must be a finite number of seconds"))
+    wait = min(max(wait, 0.0), settings.FLPORTAL_TASK_LONG_POLL_MAX_S)
     deadline = time.monotonic() + wait
     layer, channel, group = get_channel_layer(), None, f"fl-job-{job_id}"
     try:
@@ -126,7 +131,7 @@ def update_upload(request, round_id: int):
     tmp = _receive_body(request, rnd.job_id)
     try:
         try:
-            validate_update_file(tmp, artifacts.tensor_spec_of(rnd.model_version.path))
+            validate_update_file(tmp, artifacts.tensor_spec_of(rnd.model_version))
         except InvalidUpdate as exc:
             raise InvalidUpdateError(str(exc)) from exc
         update, created = update_submit(round_id=round_id, node=request.node, upload=tmp,
@@ -143,8 +148,7 @@ def _update_headers(request) -> tuple[int, dict]:
         metrics = json.loads(request.headers.get("X-Metrics") or "{}")
     except ValueError as exc:
         raise InvalidUpdateError("X-Num-Examples must be an integer and X-Metrics a JSON object") from exc
-    if num_examples <= 0:
-        raise InvalidUpdateError("X-Num-Examples: must be a positive integer")
+    check_num_examples(num_examples, "X-Num-Examples")
     return num_examples, clean_metrics(metrics)
 
 
@@ -188,8 +192,7 @@ def evaluation(request, round_id: int):
         return _accepted(existing, created=False)
     body = _json_body(request)
     num_examples = body.get("num_examples")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
-        raise InvalidUpdateError("num_examples: must be a positive integer")
+    check_num_examples(num_examples, "num_examples")
     update, created = update_submit(round_id=round_id, node=request.node, upload=None, num_examples=num_examples,
                                     metrics=clean_metrics(body.get("metrics")))
     return _accepted(update, created=created)

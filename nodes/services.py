@@ -1,6 +1,7 @@
 """Every write to a Node: registration, heartbeats, going offline."""
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -12,6 +13,9 @@ from flportal.errors import ValidationFailed
 from flportal.tokens import issue_token
 from nodes import events
 from nodes.models import Node
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,9 @@ def agent_key_for(node: Node) -> str:
 def node_register(*, name: str, agent_url: str) -> NodeCredentials:
     """Register a site, or re-issue the credentials of an existing one (the old token
     and agent key stop working). Raises ValidationFailed on a bad name or URL."""
-    if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValidationFailed("name: use letters, digits, '-' and '_'", field="name")
+    if not NODE_NAME.fullmatch(name or ""):
+        raise ValidationFailed("name: 1 to 64 ASCII letters, digits, '-' and '_', starting with a letter or digit",
+                               field="name")
     if not agent_url.startswith(("http://", "https://")):
         raise ValidationFailed("agent_url: must start with http:// or https://", field="agent_url")
     issued = issue_token("n")
@@ -44,8 +49,37 @@ def node_register(*, name: str, agent_url: str) -> NodeCredentials:
     return NodeCredentials(node=node, token=issued.token, agent_key=agent_key_for(node))
 
 
+class InvalidReport(ValidationFailed):
+    code = "invalid_update"
+
+
+DATASET_COUNTS = ("n_examples", "n_features", "num_classes")
+
+
+def clean_dataset_report(datasets) -> list[dict]:
+    """What an agent says it offers: [{"name", "format", "n_examples", "n_features",
+    "num_classes"}] (or {"name", "error"} for a file it could not read). Raises
+    InvalidReport, so a malformed report never reaches job validation."""
+    if not isinstance(datasets, list) or len(datasets) > 1000:
+        raise InvalidReport("datasets: must be a list (1000 entries at most)")
+    return [_clean_dataset(entry, i) for i, entry in enumerate(datasets)]
+
+
+def _clean_dataset(entry, index: int) -> dict:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+        raise InvalidReport(f"datasets[{index}]: must be an object with a name")
+    if "error" in entry:
+        return {"name": entry["name"][:100], "error": str(entry["error"])[:500]}
+    counts = {key: entry.get(key) for key in DATASET_COUNTS}
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31 for v in counts.values()):
+        raise InvalidReport(f"datasets[{index}]: {', '.join(DATASET_COUNTS)} must be non-negative integers")
+    return {"name": entry["name"][:100], "format": str(entry.get("format", ""))[:16], **counts}
+
+
 def node_heartbeat(*, node: Node, version: str, datasets: list, resources: dict) -> Node:
-    """Record a heartbeat; a node that was offline comes online (and says so)."""
+    """Record a heartbeat; a node that was offline comes online (and says so). Raises
+    InvalidReport for a malformed dataset report (nothing is recorded then)."""
+    datasets = clean_dataset_report(datasets)
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node.pk)
         was = node.status

@@ -18,18 +18,34 @@ BASE_SPEC = {"model": "logreg", "dataset": "breast_cancer", "rounds": 2, "evalua
              "optimizer": "sgd", "optimizer_params": {"lr": 0.1}}
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """The test database is a file, as the embedded portal's is, not SQLite's shared
+    in-memory database: there, a second thread (the embedded worker, a websocket
+    consumer's database_sync_to_async) gets "database table is locked" at once instead
+    of waiting for the lock (busy timeout)."""
+    from django.conf import settings
+
+    default = settings.DATABASES["default"]
+    if default["ENGINE"] == "django.db.backends.sqlite3":
+        default.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
 def pytest_collection_modifyitems(config, items):
     late = [item for item in items if "embedded_worker" in getattr(item, "fixturenames", ())]
     if late:
-        items[:] = [item for item in items if item not in late] + late
+        ids = {id(item) for item in late}
+        items[:] = [item for item in items if id(item) not in ids] + late
 
 
 @pytest.fixture(autouse=True)
 def _isolated_artifacts(request, tmp_path):
-    """Database tests write artifacts under their own tmp_path (and forget the
-    header cache of model files, keyed by a relative path that repeats across tests).
+    """Database tests write artifacts under their own tmp_path and start with empty
+    artifact caches (job ids, hence artifact paths, repeat across rolled-back tests).
     Passwords use a fast hasher: PBKDF2 would cost 0.4 s per user."""
-    if request.node.get_closest_marker("django_db") is None:
+    uses_db = request.node.get_closest_marker("django_db") is not None or \
+        {"db", "transactional_db"} & set(request.fixturenames)
+    if not uses_db:
         yield
         return
     from jobs.services import artifacts
@@ -37,9 +53,15 @@ def _isolated_artifacts(request, tmp_path):
     settings = request.getfixturevalue("settings")
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
-    artifacts.tensor_spec_of.cache_clear()
+    _clear_caches(artifacts)
     yield settings.ARTIFACT_ROOT
-    artifacts.tensor_spec_of.cache_clear()
+    _clear_caches(artifacts)
+
+
+def _clear_caches(module):
+    for value in vars(module).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
 
 
 # --- users ---------------------------------------------------------------------------
@@ -167,9 +189,30 @@ def embedded_worker(transactional_db):
 
     _purge(app)
     start_embedded_worker(concurrency=2)
+    _wait_until_consuming()
     return app
 
 
 def _purge(app):
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(app.conf.task_default_queue)
+
+
+def _wait_until_consuming(timeout: float = 10.0):
+    """Send the watchdog a silent node and wait until the worker has marked it offline:
+    the worker is then consuming, and beat's first (start-up) sweep is behind us."""
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.tasks import watchdog
+    from nodes.models import Node
+
+    probe = register_node("worker-probe")
+    Node.objects.filter(pk=probe.node.pk).update(last_heartbeat_at=timezone.now() - timedelta(days=1))
+    watchdog.delay()
+    deadline = time.monotonic() + timeout
+    while Node.objects.get(pk=probe.node.pk).status != Node.Status.OFFLINE:
+        assert time.monotonic() < deadline, "the embedded worker did not run the watchdog"
+        time.sleep(0.02)

@@ -45,11 +45,16 @@ def keep_update(job_id: int, round_number: int, kind: str, node_name: str, tmp_p
     return _relative(final), digest, final.stat().st_size
 
 
+def tensor_spec_of(version) -> dict:
+    """{name: (shape, dtype)} of a stored model version, read from its file's header
+    only, and cached (versions never change)."""
+    return _tensor_spec(str(absolute(version.path)), version.sha256)
+
+
 @functools.lru_cache(maxsize=64)
-def tensor_spec_of(relative: str) -> dict:
-    """{name: (shape, dtype)} of a stored safetensors file, read from its header only."""
+def _tensor_spec(path: str, sha256: str) -> dict:
     spec = {}
-    with safe_open(str(absolute(relative)), framework="pt") as handle:
+    with safe_open(path, framework="pt") as handle:
         for name in handle.keys():
             sliced = handle.get_slice(name)
             spec[name] = (tuple(sliced.get_shape()), _dtype_name(sliced.get_dtype()))

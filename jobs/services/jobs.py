@@ -71,8 +71,11 @@ def job_start(*, job_id: int) -> Job | None:
         online = job.job_nodes.filter(node__status=Node.Status.ONLINE, node__enabled=True).count()
         if online < job.min_clients:
             return job_fail(job=job, reason=f"only {online} of the job's nodes are online; min_clients is {job.min_clients}")
-        state = build_model(job.model, job.model_params, seed=job.seed).state_dict()
-        version = _model_version_create(job, 0, state)
+        try:
+            version = _model_version_create(job, 0, build_model(job.model, job.model_params, seed=job.seed).state_dict())
+        except Exception as exc:  # a job that cannot start must not stay queued
+            logger.exception("initial model of job %s", job.pk)
+            return job_fail(job=job, reason=f"the initial model could not be stored: {exc}")
         job_transition(job, Job.Status.RUNNING)
         try:
             round_open(job=job, number=1, kind=Round.Kind.TRAIN, model_version=version)

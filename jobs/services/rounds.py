@@ -108,7 +108,12 @@ def round_close(*, round_id: int) -> Round | None:
     rnd = Round.objects.select_related("job", "model_version").filter(pk=round_id, status=Round.Status.AGGREGATING).first()
     if rnd is None:
         return None
-    written = _aggregate_and_write(rnd) if rnd.kind == Round.Kind.TRAIN else None
+    try:
+        written = _aggregate_and_write(rnd) if rnd.kind == Round.Kind.TRAIN else None
+    except Exception as exc:  # a round that cannot be aggregated must not leave the job running
+        logger.exception("aggregating round %s of job %s", rnd.number, rnd.job_id)
+        _aggregation_failed(round_id, f"aggregation of round {rnd.number} failed: {exc}")
+        return None
     with transaction.atomic():
         rnd = Round.objects.select_for_update().select_related("job").filter(pk=round_id, status=Round.Status.AGGREGATING).first()
         if rnd is None:
@@ -124,6 +129,17 @@ def round_close(*, round_id: int) -> Round | None:
         if job.status == Job.Status.RUNNING:
             _advance(job, rnd)
     return rnd
+
+
+def _aggregation_failed(round_id: int, reason: str) -> None:
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().filter(pk=round_id, status=Round.Status.AGGREGATING).first()
+        if rnd is None:
+            return
+        round_transition(rnd, Round.Status.FAILED, reason=reason)
+        job = Job.objects.select_for_update().get(pk=rnd.job_id)
+        if not job.is_terminal:
+            job_fail(job=job, reason=reason)
 
 
 def _aggregate_and_write(rnd: Round) -> tuple[str, str, int]:

@@ -24,15 +24,19 @@ def submission_round(*, round_id: int, node: Node, kind: str) -> tuple[Round, Up
     rnd = Round.objects.select_related("job").filter(pk=round_id, job__job_nodes__node=node).first()
     if rnd is None:
         raise NotFound(f"no round {round_id} in any job of node {node.name}")
+    _check_kind(rnd, kind)
     existing = Update.objects.filter(round=rnd, node=node).first()
     if existing is None:
-        _check_open_and_selected(rnd, node, kind)
+        _check_open_and_selected(rnd, node)
     return rnd, existing
 
 
-def _check_open_and_selected(rnd: Round, node: Node, kind: str) -> None:
+def _check_kind(rnd: Round, kind: str) -> None:
     if rnd.kind != kind:
         raise InvalidUpdateError(f"round {rnd.number} is a {rnd.kind} round; this endpoint takes {kind} results")
+
+
+def _check_open_and_selected(rnd: Round, node: Node) -> None:
     if not rnd.selected.filter(pk=node.pk).exists():
         raise NotSelected(f"node {node.name} is not selected for round {rnd.number} of job {rnd.job_id}")
     if rnd.status != Round.Status.OPEN:
@@ -47,10 +51,24 @@ def clean_metrics(metrics) -> dict[str, float]:
     for name, value in metrics.items():
         if not isinstance(name, str) or not 0 < len(name) <= 64:
             raise InvalidUpdateError("metrics: names must be strings of 1 to 64 characters")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
             raise InvalidUpdateError(f"metrics.{name}: must be a finite number")
-        out[name] = float(value)
+        out[name] = number
     return out
+
+
+MAX_EXAMPLES = 2**31 - 1
+
+
+def check_num_examples(value, field: str) -> int:
+    """A positive integer that fits the database column; raises InvalidUpdateError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_EXAMPLES:
+        raise InvalidUpdateError(f"{field}: must be an integer from 1 to {MAX_EXAMPLES}")
+    return value
 
 
 def update_submit(*, round_id: int, node: Node, upload: Path | None, num_examples: int,
@@ -63,10 +81,11 @@ def update_submit(*, round_id: int, node: Node, upload: Path | None, num_example
     try:
         with transaction.atomic():
             rnd = Round.objects.select_for_update().select_related("job").get(pk=round_id)
+            _check_kind(rnd, Round.Kind.TRAIN if upload else Round.Kind.EVALUATE)
             existing = Update.objects.filter(round=rnd, node=node).first()
             if existing is not None:
                 return existing, False
-            _check_open_and_selected(rnd, node, Round.Kind.TRAIN if upload else Round.Kind.EVALUATE)
+            _check_open_and_selected(rnd, node)
             stored = artifacts.keep_update(rnd.job_id, rnd.number, rnd.kind, node.name, upload) if upload else ("", "", 0)
             update = Update.objects.create(round=rnd, node=node, path=stored[0], sha256=stored[1], bytes=stored[2],
                                            num_examples=num_examples)

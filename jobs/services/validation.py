@@ -1,4 +1,6 @@
 """Validation of a job's specification against the catalog, at creation time."""
+import math
+
 from jobs.fl import networks, strategies, training
 from jobs.fl.params import ParamError, validate_params
 from flportal.errors import ValidationFailed
@@ -53,8 +55,9 @@ def _clean(spec: dict, nodes: list) -> dict:
 def _number(name, value, kind, default, low, high):
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and float(value) != int(value)):
-        raise ParamError(name, f"must be {'an integer' if kind is int else 'a number'}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (kind is int and float(value) != int(value))):
+        raise ParamError(name, f"must be {'an integer' if kind is int else 'a finite number'}")
     value = kind(value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise ParamError(name, f"must be between {low} and {high if high is not None else '∞'}")

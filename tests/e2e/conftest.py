@@ -42,10 +42,7 @@ def make_stack(tmp_path_factory, name: str, env: dict) -> LocalStack:
 def embedded_stack(tmp_path_factory):
     stack = make_stack(tmp_path_factory, "embedded", {"DATABASE_URL": "", "REDIS_URL": ""})
     try:
-        stack.start_portal()
-        for agent in stack.agents:
-            stack.start_agent(agent)
-        stack.wait_nodes_online([a.name for a in stack.agents])
+        stack.start()
         yield stack
     finally:
         stack.stop()
@@ -63,11 +60,7 @@ def production_stack(tmp_path_factory):
     stack = make_stack(tmp_path_factory, "production", {
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}", "REDIS_URL": f"{REDIS}/9"})
     try:
-        stack.start_celery()
-        stack.start_portal()
-        for agent in stack.agents:
-            stack.start_agent(agent)
-        stack.wait_nodes_online([a.name for a in stack.agents])
+        stack.start(celery=True)
         yield stack
     finally:
         stack.stop()

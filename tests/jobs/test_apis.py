@@ -151,6 +151,14 @@ def test_start_then_cancel(api_client, job, user, django_capture_on_commit_callb
     assert_error(api_client.post(f"/api/v1/jobs/{job.pk}/cancel/"), 409, "illegal_transition")
 
 
+def test_cancel_with_a_non_object_body_is_refused(api_client, job):
+    api_client.raise_request_exception = False
+    response = api_client.post(f"/api/v1/jobs/{job.pk}/cancel/", [1], format="json")
+    job.refresh_from_db()
+    assert job.status == Job.Status.DRAFT
+    assert_error(response, 400)
+
+
 # --- another user's job ------------------------------------------------------------------------
 
 ENDPOINTS = [

@@ -27,6 +27,7 @@ from tests.jobs.helpers import close, fedavg, model_state, open_round, submit_ev
 
 pytestmark = pytest.mark.django_db
 REAL_ROUND_DEADLINE_TASK = tasks.round_deadline_task  # kept before `queued_tasks` patches the name
+REAL_ROUND_CLOSE_TASK = tasks.round_close_task
 
 
 def on_commit_tasks(callbacks, task) -> list[tuple]:
@@ -146,10 +147,6 @@ def test_job_create_refuses_different_feature_counts(user, nodes3):
     assert info.value.field == "dataset" and "feature" in info.value.message
 
 
-@pytest.mark.xfail(reason="BUG: jobs/services/validation.py _number: NaN passes the bounds check of float "
-                          "fields (NaN < low and NaN > high are both False; SQLite then stores NULL -> "
-                          "IntegrityError), and int(inf) raises OverflowError instead of ValidationFailed",
-                   strict=True)
 @pytest.mark.parametrize(("field", "value"), [("round_timeout_s", float("nan")), ("val_fraction", float("nan")),
                                               ("rounds", float("inf"))])
 def test_job_create_refuses_non_finite_numbers(user, nodes3, field, value):
@@ -586,3 +583,28 @@ def test_watchdog_fails_a_running_job_with_no_round_in_flight(started_job, queue
     assert started_job.status == Job.Status.FAILED
     assert started_job.status_reason == "no round in flight and none can be opened (watchdog)"
     assert watchdog_sweep()["failed"] == []
+
+
+def test_a_round_whose_aggregation_keeps_failing_ends_the_job(started_job, nodes3, tmp_path, settings,
+                                                              monkeypatch, queued_tasks):
+    train = open_round(started_job)
+    for i, cr in enumerate(nodes3):
+        submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
+    assert round_maybe_close(round_id=train.pk) is True
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "write_model", disk_full)
+    settings.FLPORTAL_STUCK_AFTER_S = 60
+    for _ in range(4):  # the first attempt, then the watchdog's re-drives
+        try:
+            REAL_ROUND_CLOSE_TASK(train.pk)
+        except OSError:
+            pass
+        Round.objects.filter(pk=train.pk).update(aggregating_at=timezone.now() - timedelta(seconds=61))
+        watchdog_sweep()
+
+    started_job.refresh_from_db()
+    assert started_job.status == Job.Status.FAILED
+    assert "No space left" in started_job.status_reason or "aggregat" in started_job.status_reason

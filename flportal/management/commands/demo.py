@@ -48,11 +48,8 @@ class Command(BaseCommand):
         self.stdout.write("Setting up the database, the demo user and data for 3 nodes...")
         stack.setup(username="demo", password=password)
         stack.make_data(dataset="breast_cancer", nodes=3)
-        agents = stack.register_nodes(3) if not stack.agents else stack.agents
-        stack.start_portal()
-        for agent in agents:
-            stack.start_agent(agent)
-        stack.wait_nodes_online([a.name for a in agents])
+        agents = stack.register_nodes(3)
+        stack.start()
         with stack.api() as api:
             response = api.post("/api/v1/jobs/", json={"name": "demo: FedAvg on breast cancer", "start": True,
                                                        "nodes": [a.name for a in agents],
