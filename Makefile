@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt > $(VENV)/pip.log 2>&1 \
+	  || { grep -v "is ignored: it is neither" $(VENV)/pip.log; exit 1; }
 	$(PY) -c "import django, torch, celery, channels"  # fail here, not later, if the install broke
 	touch $@
 

@@ -1,7 +1,9 @@
 """The model registry: models are found by name and built from validated parameters.
 
-Built-ins: ``logreg`` (one linear layer producing logits) and ``mlp`` (a ReLU MLP).
-User models come in with ``register_dotted("name", "package.module:factory")``.
+Built-ins: ``logreg`` (one linear layer producing logits), ``mlp`` (a ReLU MLP) and
+``cnn`` (a small CNN for image-shaped rows, e.g. 8x8 digits). User models come in with
+``register_dotted("name", "package.module:factory")``, or all of the
+``FLPORTAL_MODELS`` setting at once with ``register_from_settings``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,27 @@ def register_dotted(name: str, dotted_path: str, description: str = "") -> Model
     return register_model(name, factory, schema, description or (doc[0] if doc else ""))
 
 
+def register_from_settings(mapping: dict[str, str]) -> list[ModelEntry]:
+    """Register every ``{"name": "dotted.path"}`` of ``FLPORTAL_MODELS``, in order.
+
+    The caller (the portal's start-up) passes the setting; nothing here reads settings.
+    Each path goes through ``register_dotted``, so running this twice is harmless.
+    Raises ValueError for a mapping that is not ``str -> str``, or (naming the model)
+    for a factory that cannot be imported or a name taken by another model.
+    """
+    if not isinstance(mapping, dict):
+        raise ValueError(f"FLPORTAL_MODELS must be a dict of name -> dotted path, got {mapping!r}")
+    entries = []
+    for name, dotted_path in mapping.items():
+        if not (isinstance(name, str) and name and isinstance(dotted_path, str)):
+            raise ValueError(f"FLPORTAL_MODELS: bad entry {name!r}: {dotted_path!r}")
+        try:
+            entries.append(register_dotted(name, dotted_path))
+        except ValueError as exc:
+            raise ValueError(f"FLPORTAL_MODELS[{name!r}]: {exc}") from exc
+    return entries
+
+
 def get_model_entry(name: str) -> ModelEntry:
     """Return the registered entry for ``name``; unknown -> ParamError(field="model")."""
     try:
@@ -110,8 +133,60 @@ def mlp(in_features: int, num_classes: int, hidden: list[int], dropout: float) -
     return nn.Sequential(*layers)
 
 
+class ImageCNN(nn.Module):
+    """A small CNN over rows that are flattened images.
+
+    Input ``(N, in_channels * image_size**2)`` (a dataset row, as the sites load them)
+    or ``(N, in_channels, image_size, image_size)``. Per width in ``channels``: a 3x3
+    convolution (padding 1), BatchNorm2d when ``batch_norm``, ReLU, and a 2x2 max-pool
+    while the image is at least 2 pixels wide; then dropout and a linear layer to
+    logits. For 8x8 digits and the default ``[16, 32]``: 8 -> 4 -> 2, 128 features.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int,
+                 channels: list[int], dropout: float, batch_norm: bool):
+        super().__init__()
+        self.image_shape = (in_channels, image_size, image_size)
+        layers: list[nn.Module] = []
+        width, size = in_channels, image_size
+        for out_width in channels:
+            layers.append(nn.Conv2d(width, out_width, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_width))
+            layers.append(nn.ReLU())
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            width = out_width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(width * size * size, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            x = x.reshape(x.shape[0], *self.image_shape)
+        return self.head(self.features(x))
+
+
+def cnn(num_classes: int, in_channels: int, image_size: int, channels: list[int],
+        dropout: float, batch_norm: bool, in_features: int | None = None) -> nn.Module:
+    """``ImageCNN``; ``in_features`` (filled by the portal from the dataset) must equal
+    ``in_channels * image_size**2``, else ParamError on ``model_params.in_features``."""
+    pixels = in_channels * image_size * image_size
+    if in_features is not None and in_features != pixels:
+        raise ParamError("model_params.in_features",
+                         f"is {in_features} but in_channels * image_size^2 is {pixels}")
+    if not channels:
+        raise ParamError("model_params.channels", "needs at least one convolution width")
+    return ImageCNN(in_channels, image_size, num_classes, channels, dropout, batch_norm)
+
+
 _IN_FEATURES = {"type": "int", "required": True, "min": 1, "help": "input features"}
 _NUM_CLASSES = {"type": "int", "required": True, "min": 2, "help": "output classes"}
+_DROPOUT = {
+    "type": "float", "default": 0.0, "min": 0.0, "max": 1.0,
+    "max_exclusive": True, "help": "dropout probability after each hidden layer",
+}
 
 register_model(
     "logreg",
@@ -126,10 +201,25 @@ register_model(
         "in_features": _IN_FEATURES,
         "num_classes": _NUM_CLASSES,
         "hidden": {"type": "int_list", "default": [64], "min": 1, "help": "hidden widths"},
-        "dropout": {
-            "type": "float", "default": 0.0, "min": 0.0, "max": 1.0,
-            "max_exclusive": True, "help": "dropout probability after each hidden layer",
-        },
+        "dropout": _DROPOUT,
     },
     "Multi-layer perceptron with ReLU activations",
+)
+register_model(
+    "cnn",
+    cnn,
+    {
+        "in_features": {"type": "int", "min": 1,
+                        "help": "input features; must be in_channels*image_size^2"},
+        "num_classes": _NUM_CLASSES,
+        "in_channels": {"type": "int", "default": 1, "min": 1, "help": "image channels"},
+        "image_size": {"type": "int", "default": 8, "min": 1,
+                       "help": "image height = width, in pixels (8 for digits)"},
+        "channels": {"type": "int_list", "default": [16, 32], "min": 1,
+                     "help": "output channels of each 3x3 convolution block"},
+        "dropout": {**_DROPOUT, "help": "dropout probability before the linear head"},
+        "batch_norm": {"type": "bool", "default": False,
+                       "help": "BatchNorm2d after each convolution"},
+    },
+    "Small CNN for square images given as flattened rows (e.g. 8x8 digits)",
 )

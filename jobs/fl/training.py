@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .metrics import binary_auroc
 from .params import ParamError, check_schema, validate_params
 
 
@@ -108,7 +109,11 @@ def evaluate(
 ) -> dict:
     """Mean cross-entropy and accuracy of ``model`` on ``(X, y)``, without gradients.
 
-    Returns ``{"loss", "accuracy", "num_examples"}``. ``device=None`` means
+    Returns ``{"loss", "accuracy", "num_examples"}``, plus ``"auroc"`` for a binary
+    task (a model with 2 outputs) when ``y`` holds both classes: the exact rank-based
+    AUROC (``metrics.binary_auroc``, ties counted one half) of the score
+    ``logit_1 - logit_0``, which orders examples as the softmax probability of class 1
+    does without its float32 saturation into ties. ``device=None`` means
     ``pick_device()``; the model goes back to CPU and its previous mode afterwards.
     Raises ValueError for empty or mismatched data, or labels without an output.
     """
@@ -118,25 +123,36 @@ def evaluate(
     model.to(device).eval()
     try:
         with torch.no_grad():
-            total_loss, correct = _evaluate_batches(model, X, y, batch_size, device)
+            total_loss, correct, scores = _evaluate_batches(model, X, y, batch_size, device)
     finally:
         model.to("cpu").train(was_training)
     n = len(X)
-    return {"loss": total_loss / n, "accuracy": correct / n, "num_examples": n}
+    result = {"loss": total_loss / n, "accuracy": correct / n, "num_examples": n}
+    auroc = binary_auroc(scores, np.asarray(y)) if scores is not None else None
+    if auroc is not None:
+        result["auroc"] = auroc
+    return result
 
 
-def _evaluate_batches(model, X, y, batch_size: int, device) -> tuple[float, int]:
-    """Summed cross-entropy and number of correct predictions."""
+def _evaluate_batches(model, X, y, batch_size: int, device) -> tuple[float, int, np.ndarray | None]:
+    """Summed cross-entropy, number of correct predictions, and for 2-output models
+    the float64 scores ``logit_1 - logit_0`` (else None)."""
     features, labels = _to_tensors(X, y, device)
-    _check_outputs(model(features[:1]), int(labels.max()))
+    first = model(features[:1])
+    _check_outputs(first, int(labels.max()))
+    binary = first.shape[1] == 2
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    scores = []
     for start in range(0, len(labels), batch_size):
         logits = model(features[start:start + batch_size])
         batch_labels = labels[start:start + batch_size]
         total_loss += F.cross_entropy(logits, batch_labels, reduction="sum")
         correct += (logits.argmax(dim=1) == batch_labels).sum()
-    return total_loss.item(), int(correct.item())
+        if binary:
+            scores.append(logits[:, 1].double() - logits[:, 0].double())
+    score_array = torch.cat(scores).cpu().numpy() if binary else None
+    return total_loss.item(), int(correct.item()), score_array
 
 
 def _run_epochs(model, X, y, epochs, batch_size, optimizer, optimizer_params,

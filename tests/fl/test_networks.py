@@ -100,3 +100,70 @@ def test_register_dotted_imports_factory_and_its_schema(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot import"):
         register_dotted("nope", "my_models_for_test:missing")
     sys.modules.pop("my_models_for_test", None)
+
+
+CNN_PARAMS = {"in_features": 64, "num_classes": 10}
+
+
+def test_cnn_takes_flattened_rows_and_images():
+    model = build_model("cnn", CNN_PARAMS, seed=0)
+    rows = torch.rand(3, 64)
+    assert model(rows).shape == (3, 10)
+    assert torch.equal(model(rows), model(rows.reshape(3, 1, 8, 8)))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 16), (16, 32)]
+    assert model.head[-1].in_features == 32 * 2 * 2  # 8 -> 4 -> 2 after two pools
+
+
+def test_cnn_schema_lets_the_portal_fill_shapes():
+    schema = MODELS["cnn"].schema
+    assert {"in_features", "num_classes"} <= set(schema)
+    assert schema["num_classes"]["required"] and not schema["in_features"].get("required")
+    assert {k: v.get("default") for k, v in schema.items()} == {
+        "in_features": None, "num_classes": None, "in_channels": 1, "image_size": 8,
+        "channels": [16, 32], "dropout": 0.0, "batch_norm": False}
+    assert build_model("cnn", {"num_classes": 3}, seed=0)(torch.zeros(2, 64)).shape == (2, 3)
+
+
+def test_cnn_with_batch_norm_has_its_buffers_and_other_shapes():
+    params = {"in_features": 3 * 28 * 28, "num_classes": 4, "in_channels": 3,
+              "image_size": 28, "channels": [4, 4, 4, 4, 4, 4], "batch_norm": True}
+    model = build_model("cnn", params, seed=0)
+    state = model.state_dict()
+    assert state["features.1.num_batches_tracked"].dtype == torch.int64
+    assert "features.1.running_var" in state
+    assert model.head[-1].in_features == 4  # 28 -> 14 -> 7 -> 3 -> 1, then no more pooling
+    assert model(torch.rand(2, 3 * 28 * 28)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"in_features": 30, "num_classes": 2}, "model_params.in_features"),
+    ({"in_features": 64, "num_classes": 2, "channels": []}, "model_params.channels"),
+    ({"in_features": 64, "num_classes": 2, "channels": [0]}, "model_params.channels"),
+    ({"num_classes": 2, "image_size": 0}, "model_params.image_size"),
+])
+def test_bad_cnn_params_are_refused(params, field):
+    with pytest.raises(ParamError) as info:
+        build_model("cnn", params, seed=0)
+    assert info.value.field == field
+
+
+def test_register_from_settings_registers_the_example_factory(monkeypatch):
+    from jobs.fl.examples import tiny_mlp
+
+    monkeypatch.setattr(networks, "MODELS", dict(MODELS))
+    entries = networks.register_from_settings({"tiny": "jobs.fl.examples.tiny_mlp",
+                                               "tiny2": "jobs.fl.examples:tiny_mlp"})
+    assert [e.name for e in entries] == ["tiny", "tiny2"]
+    assert entries[0].factory is tiny_mlp and entries[0].schema is tiny_mlp.schema
+    assert entries[0].description == "A one-hidden-layer ReLU MLP (an example user model)."
+    model = networks.build_model("tiny", {"in_features": 5, "num_classes": 3}, seed=0)
+    assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [32, 3]
+    networks.register_from_settings({"tiny": "jobs.fl.examples.tiny_mlp"})  # again: no-op
+    with pytest.raises(ValueError, match="FLPORTAL_MODELS\\['broken'\\]: cannot import"):
+        networks.register_from_settings({"broken": "jobs.fl.examples.nothing_here"})
+    with pytest.raises(ValueError, match="FLPORTAL_MODELS\\['logreg'\\]"):
+        networks.register_from_settings({"logreg": "jobs.fl.examples.tiny_mlp"})
+    for bad in (["tiny"], {"x": 3}, {"": "jobs.fl.examples.tiny_mlp"}):
+        with pytest.raises(ValueError, match="FLPORTAL_MODELS"):
+            networks.register_from_settings(bad)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from jobs.fl.data import sklearn_dataset, train_val_split
 from jobs.fl.networks import build_model
@@ -134,3 +135,64 @@ def test_optimizer_registry_defaults_and_refusals():
 
 def test_pick_device_follows_cuda_availability():
     assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_cnn_learns_digits_with_and_without_batch_norm():
+    X, y = sklearn_dataset("digits")
+    X_tr, y_tr, X_val, y_val = train_val_split(X, y, val_fraction=0.2, seed=0)
+    for batch_norm in (False, True):
+        model = build_model("cnn", {"in_features": 64, "num_classes": 10,
+                                    "batch_norm": batch_norm}, seed=0)
+        train(model, X_tr, y_tr, epochs=3, optimizer="adam", optimizer_params={"lr": 0.01})
+        result = evaluate(model, X_val, y_val, device=CPU)
+        assert result["accuracy"] > 0.6, (batch_norm, result)
+        assert "auroc" not in result  # 10 classes: not a binary task
+
+
+def test_evaluate_adds_exact_auroc_for_binary_tasks():
+    model = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0], [1.0]]))  # score = logit_1 - logit_0 = x
+    X = np.array([[0.1], [0.4], [0.35], [0.8], [0.4]], dtype=np.float32)
+    y = np.array([0, 0, 1, 1, 1])
+    result = evaluate(model, X, y, batch_size=2, device=CPU)
+    # positives 0.35, 0.8, 0.4 against negatives 0.1, 0.4:
+    # 0.35 > 0.1, < 0.4 -> 1; 0.8 beats both -> 2; 0.4 > 0.1, ties 0.4 -> 1.5; U = 4.5 of 6
+    assert result["auroc"] == 0.75
+    assert result["auroc"] == pytest.approx(roc_auc_score(y, X[:, 0]), abs=1e-12)
+
+
+def test_auroc_is_left_out_when_the_split_has_one_class(cancer_split):
+    _, _, X_val, y_val = cancer_split
+    model = logreg()
+    assert "auroc" in evaluate(model, X_val, y_val, device=CPU)
+    ones = y_val == 1
+    assert "auroc" not in evaluate(model, X_val[ones], y_val[ones], device=CPU)
+
+
+def test_auroc_of_a_trained_model_matches_sklearn(cancer_split):
+    X_tr, y_tr, X_val, y_val = cancer_split
+    model = logreg()
+    train(model, X_tr, y_tr, epochs=1)
+    result = evaluate(model, X_val, y_val, device=CPU)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.as_tensor(X_val)).double(), dim=1)[:, 1]
+    assert result["auroc"] == pytest.approx(roc_auc_score(y_val, probabilities.numpy()), abs=1e-12)
+    assert 0.9 < result["auroc"] <= 1.0
+
+
+def test_optimizer_schemas_have_sensible_ranges():
+    sgd, adam, adamw = (OPTIMIZERS[n].schema for n in ("sgd", "adam", "adamw"))
+    assert set(sgd) == {"lr", "momentum", "weight_decay", "nesterov"}
+    assert set(adam) == set(adamw) == {"lr", "beta1", "beta2", "weight_decay"}
+    for schema in (sgd, adam, adamw):
+        assert schema["lr"]["min"] == 0.0 and schema["lr"]["min_exclusive"]
+        assert schema["weight_decay"]["min"] == 0.0
+        assert all(spec.get("help") and "default" in spec for spec in schema.values())
+    for schema, key in ((sgd, "momentum"), (adam, "beta1"), (adam, "beta2"), (adamw, "beta2")):
+        assert (schema[key]["min"], schema[key]["max"], schema[key]["max_exclusive"]) == (0.0, 1.0, True)
+    assert sgd["nesterov"] == {"type": "bool", "default": False, "help": "Nesterov momentum"}
+    weight = [torch.nn.Parameter(torch.zeros(1))]
+    opt = build_optimizer("sgd", weight, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4})
+    assert opt.defaults["nesterov"] and opt.defaults["weight_decay"] == 1e-4
+    assert OPTIMIZERS["adamw"].description and "Loshchilov" in OPTIMIZERS["adamw"].description

@@ -1,10 +1,15 @@
-"""FedAvg (McMahan et al., 2017): the example-weighted mean of client weights."""
+"""FedAvg (McMahan et al., 2017) and FedProx (Li et al., 2020): the weighted mean."""
 
 from __future__ import annotations
 
 import torch
 
-from .base import Strategy, register_strategy
+from .base import Strategy, cast_like, register_strategy
+
+WEIGHTED = {
+    "type": "bool", "default": True,
+    "help": "weight each update by its number of examples (else equally)",
+}
 
 
 @register_strategy
@@ -23,16 +28,16 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     description = "Federated averaging (McMahan et al. 2017), weighted by examples"
-    schema = {
-        "weighted": {
-            "type": "bool", "default": True,
-            "help": "weight each update by its number of examples (else equally)",
-        },
-    }
+    schema = {"weighted": WEIGHTED}
     needs_all_updates = False
 
-    def __init__(self, global_state: dict[str, torch.Tensor], params: dict | None = None):
-        super().__init__(global_state, params)
+    def __init__(
+        self,
+        global_state: dict[str, torch.Tensor],
+        params: dict | None = None,
+        server_state: dict[str, torch.Tensor] | None = None,
+    ):
+        super().__init__(global_state, params, server_state)
         self._sums = {
             name: torch.zeros(t.shape, dtype=torch.float64, device="cpu")
             for name, t in global_state.items()
@@ -51,19 +56,40 @@ class FedAvg(Strategy):
 
     def result(self) -> dict[str, torch.Tensor]:
         """The weighted mean, with the names, shapes and dtypes of the global state."""
+        means = self.weighted_means()
+        return {name: cast_like(means[name], ref) for name, ref in self.global_state.items()}
+
+    def weighted_means(self) -> dict[str, torch.Tensor]:
+        """The float64 weighted mean of every tensor, before any cast.
+
+        Raises ValueError if no update was added or the total weight is 0.
+        """
         if self.num_updates == 0:
-            raise ValueError("fedavg: no updates to aggregate")
+            raise ValueError(f"{self.name}: no updates to aggregate")
         if self._total_weight == 0:
-            raise ValueError("fedavg: every update has 0 examples")
-        return {
-            name: _cast_like(self._sums[name] / self._total_weight, reference)
-            for name, reference in self.global_state.items()
-        }
+            raise ValueError(f"{self.name}: every update has 0 examples")
+        return {name: total / self._total_weight for name, total in self._sums.items()}
 
 
-def _cast_like(mean: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    if reference.dtype == torch.bool:
-        return mean >= 0.5
-    if reference.is_floating_point():
-        return mean.to(reference.dtype)
-    return torch.round(mean).to(reference.dtype)
+@register_strategy
+class FedProx(FedAvg):
+    """FedProx (Li et al., 2020, "Federated Optimization in Heterogeneous Networks").
+
+    The server aggregates exactly as FedAvg. What differs is local training: each site
+    adds the proximal term ``mu/2 * ||w - w_global||^2`` to its loss; the portal passes
+    ``strategy_params["mu"]`` to ``training.train_local(..., proximal_mu=mu)``.
+    ``mu = 0`` is FedAvg. The default 0.01 is within the grid the paper searched
+    ({0.001, 0.01, 0.1, 1}).
+    """
+
+    name = "fedprox"
+    description = ("FedProx (Li et al. 2020): FedAvg aggregation; sites add the proximal "
+                   "term mu/2·||w − w_global||² to their local loss")
+    schema = {
+        "weighted": WEIGHTED,
+        "mu": {
+            "type": "float", "default": 0.01, "min": 0.0,
+            "help": "proximal coefficient mu (Li et al. 2020) used by the sites' "
+                    "trainer; 0 makes FedProx FedAvg",
+        },
+    }
