@@ -6,6 +6,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from jobs.fl.params import parse_model_paths  # no torch, no Django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FLPORTAL_DATA_DIR", BASE_DIR / "var")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -167,7 +169,8 @@ FLPORTAL_TASK_LONG_POLL_MAX_S = 25.0
 FLPORTAL_AGENT_TIMEOUT_S = float(os.environ.get("FLPORTAL_AGENT_TIMEOUT_S", "30"))
 FLPORTAL_STUCK_AFTER_S = float(os.environ.get("FLPORTAL_STUCK_AFTER_S", "60"))
 FLPORTAL_REQUIRE_SERVICES = _env_bool("FLPORTAL_REQUIRE_SERVICES")
-FLPORTAL_MODELS = {}  # name -> "dotted.path.to.factory" for user models
+# User models: FLPORTAL_MODELS="name=package.module.factory,other=package.module:factory"
+FLPORTAL_MODELS = parse_model_paths(os.environ.get("FLPORTAL_MODELS"))
 
 LOGGING = {
     "version": 1,

@@ -13,6 +13,8 @@ fl_patterns = [
     path("jobs/<int:job_id>/logs", fl_api.logs),
     path("rounds/<int:round_id>/update", fl_api.update_upload),
     path("rounds/<int:round_id>/evaluation", fl_api.evaluation),
+    path("rounds/<int:round_id>/cross-site", fl_api.cross_site),
+    path("rounds/<int:round_id>/models/<slug:source>", fl_api.cross_site_model_download),
 ]
 
 api_patterns = [
@@ -26,6 +28,8 @@ api_patterns = [
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view()),
     path("jobs/<int:job_id>/models/", job_apis.JobModelsApi.as_view()),
     path("jobs/<int:job_id>/models/<int:round_number>/download/", job_apis.JobModelDownloadApi.as_view()),
+    path("jobs/<int:job_id>/cross-site/", job_apis.JobCrossSiteApi.as_view()),
+    path("catalog/", job_apis.CatalogApi.as_view()),
     path("nodes/", node_apis.NodeListApi.as_view()),
 ]
 

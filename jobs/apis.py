@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from flportal.errors import ValidationFailed
 from jobs import selectors, serializers
+from jobs.fl.catalog import catalog
 from jobs.services import artifacts
 from jobs.services.jobs import job_cancel, job_create, job_launch
 
@@ -90,3 +91,16 @@ class JobModelDownloadApi(APIView):
                                 content_type="application/octet-stream")
         response["X-Checksum-Sha256"] = version.sha256
         return response
+
+
+class JobCrossSiteApi(APIView):
+    def get(self, request, job_id: int):
+        return Response(selectors.job_cross_site_matrix(selectors.job_get_for_user(request.user, job_id)))
+
+
+class CatalogApi(APIView):
+    """Every model, strategy and optimizer with its parameter schema: the one source the
+    UI form and API clients are generated from, and job creation validates against."""
+
+    def get(self, request):
+        return Response(catalog())

@@ -19,8 +19,8 @@ from jobs.exceptions import InvalidUpdateError, UpdateTooLarge
 from jobs.fl.serialization import InvalidUpdate, validate_update_file
 from jobs.models import ModelVersion
 from jobs.services import artifacts
-from jobs.services.updates import (check_num_examples, clean_metrics, logs_append, submission_round, task_for_node,
-                                   update_submit)
+from jobs.services.updates import (check_num_examples, clean_cross_site_results, clean_metrics, cross_site_model,
+                                   cross_site_submit, logs_append, submission_round, task_for_node, update_submit)
 from nodes.auth import async_node_required, node_required
 from nodes.services import node_heartbeat
 
@@ -109,9 +109,13 @@ def model_download(request, job_id: int, version: int):
     row = ModelVersion.objects.filter(job_id=job_id, round=version, job__job_nodes__node=request.node).first()
     if row is None:
         raise NotFound(f"no model version {version} of job {job_id} for node {request.node.name}")
-    response = FileResponse(open(artifacts.absolute(row.path), "rb"), content_type="application/octet-stream")
-    response["X-Checksum-Sha256"] = row.sha256
-    response["Content-Length"] = str(row.bytes)
+    return _file_response(row.path, row.sha256, row.bytes)
+
+
+def _file_response(path: str, sha256: str, size: int) -> FileResponse:
+    response = FileResponse(open(artifacts.absolute(path), "rb"), content_type="application/octet-stream")
+    response["X-Checksum-Sha256"] = sha256
+    response["Content-Length"] = str(size)
     return response
 
 
@@ -195,6 +199,28 @@ def evaluation(request, round_id: int):
     check_num_examples(num_examples, "num_examples")
     update, created = update_submit(round_id=round_id, node=request.node, upload=None, num_examples=num_examples,
                                     metrics=clean_metrics(body.get("metrics")))
+    return _accepted(update, created=created)
+
+
+@require_GET
+@node_required
+@domain_errors
+def cross_site_model_download(request, round_id: int, source: str):
+    """Another site's last local model, during the cross-site round only."""
+    update = cross_site_model(round_id=round_id, node=request.node, source=source)
+    return _file_response(update.path, update.sha256, update.bytes)
+
+
+@csrf_exempt
+@require_POST
+@node_required
+@domain_errors
+def cross_site(request, round_id: int):
+    rnd, existing = submission_round(round_id=round_id, node=request.node, kind="cross_site")
+    if existing is not None:
+        return _accepted(existing, created=False)
+    results = clean_cross_site_results(_json_body(request).get("results"))
+    update, created = cross_site_submit(round_id=round_id, node=request.node, results=results)
     return _accepted(update, created=created)
 
 

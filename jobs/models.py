@@ -36,6 +36,8 @@ class Job(models.Model):
     round_timeout_s = models.FloatField(default=300)
     buffer_size = models.IntegerField(default=-1)  # -1 = wait for every selected node
     evaluate_every = models.PositiveIntegerField(default=1)
+    # opt-in: it sends each site's last local model to the other sites
+    cross_site_validation = models.BooleanField(default=False)
     seed = models.IntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     status_reason = models.TextField(blank=True)
@@ -91,6 +93,9 @@ class ModelVersion(models.Model):
     sha256 = models.CharField(max_length=64)
     bytes = models.BigIntegerField()
     format = models.CharField(max_length=32, default="safetensors")
+    # the strategy's server state after producing this version (FedAdam's m and v...),
+    # so a restarted worker continues the server optimizer instead of resetting it
+    server_state_path = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -102,6 +107,7 @@ class Round(models.Model):
     class Kind(models.TextChoices):
         TRAIN = "train"
         EVALUATE = "evaluate"
+        CROSS_SITE = "cross_site"
 
     class Status(models.TextChoices):
         OPEN = "open"
@@ -126,7 +132,7 @@ class Round(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "number", "kind"], name="uniq_round")]
-        ordering = ["number", "-kind"]  # train before evaluate within a number
+        ordering = ["number", "id"]  # train, then evaluate, then cross-site within a number
 
 
 class Update(models.Model):
@@ -177,3 +183,20 @@ class JobEvent(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["job", "id"])]
+
+
+class CrossSiteResult(models.Model):
+    """One cell metric of the cross-site validation matrix: the model from `source`
+    ("global" or a node's name: its last local model) evaluated by `evaluator` on its
+    validation data (NVIDIA FLARE's CrossSiteModelEval)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="cross_site_results")
+    evaluator = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="+")
+    source = models.CharField(max_length=64)
+    name = models.CharField(max_length=64)
+    value = models.FloatField()
+    num_examples = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "evaluator", "source", "name"], name="uniq_cross_site")]
+        ordering = ["source", "evaluator__name", "name"]

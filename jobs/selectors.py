@@ -60,3 +60,18 @@ def job_model_version(job: Job, round_number: int) -> ModelVersion:
     if version is None:
         raise NotFound(f"job {job.pk} has no model version {round_number}")
     return version
+
+
+def job_cross_site_matrix(job: Job) -> dict:
+    """{"sources": [...], "evaluators": [...], "metrics": {name: [[value per evaluator]
+    per source]}} (None where a cell is missing), "num_examples": {evaluator: n}}."""
+    rows = list(job.cross_site_results.select_related("evaluator"))
+    sources = sorted({r.source for r in rows}, key=lambda s: (s != "global", s))
+    evaluators = sorted({r.evaluator.name for r in rows})
+    cells = {(r.name, r.source, r.evaluator.name): r.value for r in rows}
+    names = sorted({r.name for r in rows})
+    return {
+        "sources": sources, "evaluators": evaluators,
+        "metrics": {name: [[cells.get((name, s, e)) for e in evaluators] for s in sources] for name in names},
+        "num_examples": {r.evaluator.name: r.num_examples for r in rows},
+    }

@@ -32,7 +32,8 @@ class JobSerializer(serializers.ModelSerializer):
     def get_spec(self, job):
         names = ["model", "model_params", "strategy", "strategy_params", "optimizer", "optimizer_params",
                  "dataset", "val_fraction", "local_epochs", "batch_size", "rounds", "min_clients",
-                 "clients_per_round", "clients_required", "round_timeout_s", "buffer_size", "evaluate_every", "seed"]
+                 "clients_per_round", "clients_required", "round_timeout_s", "buffer_size", "evaluate_every", "seed",
+                 "cross_site_validation"]
         return {name: getattr(job, name) for name in names}
 
 

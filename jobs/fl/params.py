@@ -148,3 +148,16 @@ def _describe(value: Any) -> str:
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def parse_model_paths(text: str | None) -> dict[str, str]:
+    """``FLPORTAL_MODELS`` as the environment gives it ("name=pkg.mod.factory,other=pkg.mod:f")
+    to the {name: dotted path} mapping networks.register_from_settings takes. Read by the
+    portal's settings and by every site's trainer, which must know the same models."""
+    pairs = (item.strip().split("=", 1) for item in (text or "").split(",") if item.strip())
+    mapping = {}
+    for pair in pairs:
+        if len(pair) != 2 or not pair[0].strip() or not pair[1].strip():
+            raise ValueError(f"FLPORTAL_MODELS: expected name=dotted.path, got {'='.join(pair)!r}")
+        mapping[pair[0].strip()] = pair[1].strip()
+    return mapping

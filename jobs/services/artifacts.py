@@ -30,11 +30,15 @@ def upload_tempfile(job_id: int):
 def write_model(job_id: int, round_number: int, state: dict) -> tuple[str, str, int]:
     """Write a model version; returns (relative path, sha256, bytes)."""
     final = job_dir(job_id) / f"model-r{round_number:05d}.safetensors"
-    with tempfile.NamedTemporaryFile(dir=final.parent, prefix=".model-", delete=False) as tmp:
-        pass
-    save_state_dict(state, tmp.name)
-    os.replace(tmp.name, final)
+    save_state_dict(state, final)  # written to a temporary name, then renamed
     return _relative(final), file_sha256(final), final.stat().st_size
+
+
+def write_server_state(job_id: int, round_number: int, state: dict) -> str:
+    """Write a strategy's server state (tensors only); returns the relative path."""
+    final = job_dir(job_id) / f"server-state-r{round_number:05d}.safetensors"
+    save_state_dict(state, final)
+    return _relative(final)
 
 
 def keep_update(job_id: int, round_number: int, kind: str, node_name: str, tmp_path: Path) -> tuple[str, str, int]:

@@ -34,7 +34,7 @@ def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion)
     if len(selected) < required:
         raise RoundCannotOpen(f"round {number} ({kind}) cannot open: {len(selected)} nodes available, "
                               f"clients_required is {required}")
-    target = len(selected) if job.buffer_size == -1 or kind == Round.Kind.EVALUATE else min(job.buffer_size, len(selected))
+    target = len(selected) if job.buffer_size == -1 or kind != Round.Kind.TRAIN else min(job.buffer_size, len(selected))
     rnd = Round.objects.create(job=job, number=number, kind=kind, model_version=model_version,
                                target_updates=target, deadline=timezone.now() + timedelta(seconds=job.round_timeout_s))
     rnd.selected.set(selected)
@@ -120,11 +120,10 @@ def round_close(*, round_id: int) -> Round | None:
             return None
         job = Job.objects.select_for_update().get(pk=rnd.job_id)
         if written is not None:
-            path, sha256, size = written
-            rnd.result_version, _ = job.model_versions.get_or_create(
-                round=rnd.number, defaults={"path": path, "sha256": sha256, "bytes": size})
+            rnd.result_version, _ = job.model_versions.get_or_create(round=rnd.number, defaults=written)
             rnd.save(update_fields=["result_version"])
-        _aggregate_metrics(rnd)
+        if rnd.kind != Round.Kind.CROSS_SITE:
+            _aggregate_metrics(rnd)
         round_transition(rnd, Round.Status.CLOSED)
         if job.status == Job.Status.RUNNING:
             _advance(job, rnd)
@@ -142,12 +141,19 @@ def _aggregation_failed(round_id: int, reason: str) -> None:
             job_fail(job=job, reason=reason)
 
 
-def _aggregate_and_write(rnd: Round) -> tuple[str, str, int]:
-    global_state = load_state_dict(artifacts.absolute(rnd.model_version.path))
-    strategy = get_strategy(rnd.job.strategy)(global_state, rnd.job.strategy_params)
+def _aggregate_and_write(rnd: Round) -> dict:
+    """Run the job's strategy over the round's updates, from the server state the
+    previous version left; write the new version (and state). Returns ModelVersion fields."""
+    version = rnd.model_version
+    global_state = load_state_dict(artifacts.absolute(version.path))
+    server_state = load_state_dict(artifacts.absolute(version.server_state_path)) if version.server_state_path else None
+    strategy = get_strategy(rnd.job.strategy)(global_state, rnd.job.strategy_params, server_state=server_state)
     for update in rnd.updates.order_by("node__name"):
         strategy.add(load_state_dict(artifacts.absolute(update.path)), update.num_examples)
-    return artifacts.write_model(rnd.job_id, rnd.number, strategy.result())
+    path, sha256, size = artifacts.write_model(rnd.job_id, rnd.number, strategy.result())
+    next_state = strategy.next_server_state()
+    state_path = artifacts.write_server_state(rnd.job_id, rnd.number, next_state) if next_state else ""
+    return {"path": path, "sha256": sha256, "bytes": size, "server_state_path": state_path}
 
 
 def _aggregate_metrics(rnd: Round) -> None:
@@ -174,16 +180,18 @@ def _combine(name: str, pairs: list[tuple[float, int]]) -> float:
 
 
 def _advance(job: Job, rnd: Round) -> None:
-    """After a closed round: evaluate the new model, train the next round, or finish."""
-    n = rnd.number
+    """After a closed round: evaluate the new model, train the next round, run the
+    cross-site validation (opt-in), or finish."""
+    n, version = rnd.number, rnd.result_version or rnd.model_version
     try:
         if rnd.kind == Round.Kind.TRAIN and (n % job.evaluate_every == 0 or n == job.rounds):
-            round_open(job=job, number=n, kind=Round.Kind.EVALUATE, model_version=rnd.result_version)
+            round_open(job=job, number=n, kind=Round.Kind.EVALUATE, model_version=version)
         elif n < job.rounds:
-            version = rnd.result_version if rnd.kind == Round.Kind.TRAIN else rnd.model_version
             round_open(job=job, number=n + 1, kind=Round.Kind.TRAIN, model_version=version)
+        elif rnd.kind == Round.Kind.EVALUATE and job.cross_site_validation:
+            round_open(job=job, number=n, kind=Round.Kind.CROSS_SITE, model_version=version)
         else:
-            job_succeed(job=job, final_model=rnd.result_version or rnd.model_version)
+            job_succeed(job=job, final_model=version)
     except RoundCannotOpen as exc:
         job_fail(job=job, reason=str(exc))
 

@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from flportal.errors import NotFound
 from jobs import events
 from jobs.exceptions import InvalidUpdateError, NotSelected, StaleRound
-from jobs.models import Job, JobNode, MetricPoint, Round, Update
+from jobs.models import CrossSiteResult, Job, JobNode, MetricPoint, Round, Update
 from jobs.services import artifacts
 from jobs.services.jobs import job_event_record
 from nodes.models import Node
@@ -76,28 +76,91 @@ def update_submit(*, round_id: int, node: Node, upload: Path | None, num_example
     """Accept a node's validated result for a round (weights for train rounds, none for
     evaluate rounds) and queue the round's close check. Returns (update, created);
     a duplicate returns the first update unchanged. Raises NotSelected / StaleRound."""
+    kind = Round.Kind.TRAIN if upload else Round.Kind.EVALUATE
+
+    def record(rnd: Round) -> Update:
+        stored = artifacts.keep_update(rnd.job_id, rnd.number, rnd.kind, node.name, upload) if upload else ("", "", 0)
+        update = Update.objects.create(round=rnd, node=node, path=stored[0], sha256=stored[1], bytes=stored[2],
+                                       num_examples=num_examples)
+        _record_node_metrics(rnd, node, metrics | {"num_examples": float(num_examples)})
+        return update
+
+    return _accept(round_id, node, kind, record)
+
+
+def cross_site_submit(*, round_id: int, node: Node, results: list[dict]) -> tuple[Update, bool]:
+    """Accept a node's cross-site validation results: [{"source", "num_examples",
+    "metrics"}] for exactly the sources its task listed (cleaned by the caller)."""
+
+    def record(rnd: Round) -> Update:
+        expected = {source for source, _ in cross_site_sources(rnd)}
+        if {r["source"] for r in results} != expected or len(results) != len(expected):
+            raise InvalidUpdateError(f"results: expected one per model source: {', '.join(sorted(expected))}")
+        CrossSiteResult.objects.bulk_create([
+            CrossSiteResult(job_id=rnd.job_id, evaluator=node, source=r["source"], name=name, value=value,
+                            num_examples=r["num_examples"]) for r in results for name, value in r["metrics"].items()])
+        return Update.objects.create(round=rnd, node=node, num_examples=max(r["num_examples"] for r in results))
+
+    return _accept(round_id, node, Round.Kind.CROSS_SITE, record)
+
+
+def _accept(round_id: int, node: Node, kind: str, record) -> tuple[Update, bool]:
+    """Under the round's lock: the idempotent duplicate answer, the open/selected
+    checks, then `record(round)`; an event, and the round's close check on commit."""
     from jobs.tasks import round_maybe_close_task
 
     try:
         with transaction.atomic():
             rnd = Round.objects.select_for_update().select_related("job").get(pk=round_id)
-            _check_kind(rnd, Round.Kind.TRAIN if upload else Round.Kind.EVALUATE)
+            _check_kind(rnd, kind)
             existing = Update.objects.filter(round=rnd, node=node).first()
             if existing is not None:
                 return existing, False
             _check_open_and_selected(rnd, node)
-            stored = artifacts.keep_update(rnd.job_id, rnd.number, rnd.kind, node.name, upload) if upload else ("", "", 0)
-            update = Update.objects.create(round=rnd, node=node, path=stored[0], sha256=stored[1], bytes=stored[2],
-                                           num_examples=num_examples)
-            _record_node_metrics(rnd, node, metrics | {"num_examples": float(num_examples)})
+            update = record(rnd)
             JobNode.objects.filter(job_id=rnd.job_id, node=node).update(last_activity_at=update.received_at)
             job_event_record(job=rnd.job, kind="update_accepted", node=node,
                              message=f"{rnd.kind} result from {node.name} for round {rnd.number}",
-                             data={"round": rnd.number, "kind": rnd.kind, "num_examples": num_examples})
+                             data={"round": rnd.number, "kind": rnd.kind, "num_examples": update.num_examples})
             round_maybe_close_task.delay_on_commit(rnd.pk)
             return update, True
     except IntegrityError:  # a concurrent duplicate won the race
         return Update.objects.get(round_id=round_id, node=node), False
+
+
+def cross_site_model(*, round_id: int, node: Node, source: str):
+    """A node's last local model, for a node selected in an open cross-site round of
+    the same job. Raises NotFound / NotSelected / StaleRound."""
+    rnd, _ = submission_round(round_id=round_id, node=node, kind=Round.Kind.CROSS_SITE)
+    if rnd.status != Round.Status.OPEN:
+        raise StaleRound(f"cross-site round of job {rnd.job_id} is {rnd.status}")
+    found = dict(cross_site_sources(rnd)).get(source)
+    if found is None or source == "global":
+        raise NotFound(f"no local model of {source!r} in job {rnd.job_id}")
+    return found
+
+
+def clean_cross_site_results(results) -> list[dict]:
+    if not isinstance(results, list) or not 0 < len(results) <= 1000:
+        raise InvalidUpdateError("results: must be a non-empty list of {source, num_examples, metrics}")
+    cleaned = []
+    for i, item in enumerate(results):
+        if not isinstance(item, dict) or not isinstance(item.get("source"), str):
+            raise InvalidUpdateError(f"results[{i}]: must be an object with a source")
+        cleaned.append({"source": item["source"], "num_examples": check_num_examples(item.get("num_examples"),
+                                                                                    f"results[{i}].num_examples"),
+                        "metrics": clean_metrics(item.get("metrics"))})
+    return cleaned
+
+
+def cross_site_sources(rnd: Round) -> list[tuple[str, object]]:
+    """The models a cross-site round evaluates: ("global", its model version) and, for
+    every node of the job, (node name, its last accepted train update)."""
+    latest = {}
+    for update in (Update.objects.filter(round__job_id=rnd.job_id, round__kind=Round.Kind.TRAIN)
+                   .select_related("node", "round").order_by("round__number")):
+        latest[update.node.name] = update
+    return [("global", rnd.model_version)] + sorted(latest.items())
 
 
 def _record_node_metrics(rnd: Round, node: Node, metrics: dict[str, float]) -> None:
@@ -125,8 +188,9 @@ def task_for_node(*, job_id: int, node: Node) -> dict:
 
 def _task(job: Job, rnd: Round) -> dict:
     version = rnd.model_version
-    return {
-        "action": rnd.kind, "job_id": job.pk, "round_id": rnd.pk, "round": rnd.number,
+    action = "cross_validate" if rnd.kind == Round.Kind.CROSS_SITE else rnd.kind
+    task = {
+        "action": action, "job_id": job.pk, "round_id": rnd.pk, "round": rnd.number,
         "model_version": version.round, "sha256": version.sha256,
         "model_url": f"/api/v1/fl/jobs/{job.pk}/models/{version.round}",
         "deadline": rnd.deadline.isoformat(),
@@ -138,6 +202,12 @@ def _task(job: Job, rnd: Round) -> dict:
             "proximal_mu": float(job.strategy_params.get("mu", 0.0)),
         },
     }
+    if rnd.kind == Round.Kind.CROSS_SITE:
+        task["models"] = [{"source": source, "sha256": item.sha256,
+                           "url": task["model_url"] if source == "global"
+                           else f"/api/v1/fl/rounds/{rnd.pk}/models/{source}"}
+                          for source, item in cross_site_sources(rnd)]
+    return task
 
 
 def logs_append(*, job_id: int, node: Node, lines: list[str]) -> None:

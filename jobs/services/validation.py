@@ -32,20 +32,28 @@ def clean_job_spec(spec: dict, nodes: list) -> dict:
 
 def _clean(spec: dict, nodes: list) -> dict:
     known = set(POLICY_FIELDS) | {"model", "model_params", "strategy", "strategy_params",
-                                  "optimizer", "optimizer_params", "dataset"}
+                                  "optimizer", "optimizer_params", "dataset", "cross_site_validation"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ParamError(unknown[0], "unknown field")
     out = {name: _number(name, spec.get(name), *bounds) for name, bounds in POLICY_FIELDS.items()}
     _check_policy(out, len(nodes))
+    out["cross_site_validation"] = spec.get("cross_site_validation", False)
+    if not isinstance(out["cross_site_validation"], bool):
+        raise ParamError("cross_site_validation", "must be true or false")
     out["dataset"] = _dataset(spec.get("dataset"), nodes)
     out["model"] = _choice("model", spec.get("model"), networks.MODELS)
     schema = networks.MODELS[out["model"]].schema
-    model_params = _infer_shapes(dict(spec.get("model_params") or {}), schema, out["dataset"], nodes)
+    model_params = spec.get("model_params") or {}
+    if not isinstance(model_params, dict):
+        raise ParamError("model_params", "must be an object")
+    model_params = _infer_shapes(dict(model_params), schema, out["dataset"], nodes)
     out["model_params"] = validate_params(schema, model_params, prefix="model_params")
     out["strategy"] = _choice("strategy", spec.get("strategy", "fedavg"), strategies.STRATEGIES)
     out["strategy_params"] = validate_params(strategies.get_strategy(out["strategy"]).schema,
                                              spec.get("strategy_params"), prefix="strategy_params")
+    _check_round_size(out)
+    _check_model_builds(out)
     out["optimizer"] = _choice("optimizer", spec.get("optimizer", "sgd"), training.OPTIMIZERS)
     out["optimizer_params"] = validate_params(training.OPTIMIZERS[out["optimizer"]].schema,
                                               spec.get("optimizer_params"), prefix="optimizer_params")
@@ -76,6 +84,24 @@ def _check_policy(out: dict, n_nodes: int) -> None:
         raise ParamError("buffer_size", f"must be -1 (all) or between 1 and {per_round}")
     if out["buffer_size"] != -1 and out["buffer_size"] < out["clients_required"]:
         raise ParamError("buffer_size", "must be at least clients_required")
+
+
+def _check_round_size(out: dict) -> None:
+    needed = strategies.get_strategy(out["strategy"]).min_updates(out["strategy_params"])
+    if out["clients_required"] < needed:
+        raise ParamError("clients_required", f"{out['strategy']} with these strategy_params needs at least "
+                                             f"{needed} updates per round")
+
+
+def _check_model_builds(out: dict) -> None:
+    """Build the model once now, so a model that does not fit its params (a CNN whose
+    image size does not match the features) is refused here, not at start."""
+    try:
+        networks.build_model(out["model"], out["model_params"], seed=out["seed"])
+    except ParamError:
+        raise
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ParamError("model_params", f"the model cannot be built: {exc}") from exc
 
 
 def _choice(field: str, value, registry) -> str:

@@ -6,6 +6,7 @@ module except as weights, example counts and metrics.
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch import nn
 
 from jobs.fl import data as fl_data
 from jobs.fl import networks, serialization, training
+from jobs.fl.params import parse_model_paths
 from nodes.agent.sitedata import find_dataset, is_safe_name
 
 log = logging.getLogger("flportal.trainer")
@@ -63,6 +65,7 @@ class LocalSite:
         self.device = device if device is not None else training.pick_device()
         self._arrays: dict[str, tuple] = {}
         self._splits: dict[tuple, tuple] = {}
+        register_user_models()
 
     def split(self, config: dict) -> tuple:
         """(X_train, y_train, X_val, y_val) for the job config, cached."""
@@ -102,7 +105,8 @@ class LocalSite:
         """Train one round as the task's config says; return new weights and metrics.
 
         The seed is ``config.seed + round`` so that rounds shuffle differently. Metrics:
-        train_loss, train_accuracy, val_loss, val_accuracy, compute_s (finite only).
+        train_loss, train_accuracy, val_loss, val_accuracy, val_auroc (binary tasks),
+        compute_s, on_cuda (1.0 when trained on a GPU) (finite only).
         Raises SiteError when the config or the data make training impossible.
         """
         config = task["config"]
@@ -118,13 +122,14 @@ class LocalSite:
         metrics = {"train_loss": fit["train_loss"], "train_accuracy": fit["train_accuracy"]}
         if len(y_val):
             val = _guarded("evaluation", lambda: training.evaluate(model, X_val, y_val, device=self.device))
-            metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            metrics.update({f"val_{name}": val[name] for name in ("loss", "accuracy", "auroc") if name in val})
         metrics["compute_s"] = time.perf_counter() - started
+        metrics["on_cuda"] = 1.0 if str(self.device).startswith("cuda") else 0.0  # which device trained
         payload = serialization.state_dict_to_bytes(model.state_dict())
         return TrainResult(payload, int(fit["num_examples"]), finite_metrics(metrics))
 
     def evaluate(self, task: dict, weights: bytes) -> tuple[int, dict[str, float]]:
-        """(num_examples, {"loss", "accuracy"}) of the downloaded model on the val split.
+        """(num_examples, {"loss", "accuracy"[, "auroc"]}) of the downloaded model on the val split.
 
         With an empty validation split (val_fraction 0) the train split is used, so the
         portal still gets a number; a warning says so. Raises SiteError like ``train``.
@@ -136,8 +141,17 @@ class LocalSite:
             X_val, y_val = X_tr, y_tr
         model = self.model(config, weights)
         result = _guarded("evaluation", lambda: training.evaluate(model, X_val, y_val, device=self.device))
-        metrics = finite_metrics({"loss": result["loss"], "accuracy": result["accuracy"]})
+        metrics = finite_metrics({name: result[name] for name in ("loss", "accuracy", "auroc") if name in result})
         return int(result["num_examples"]), metrics
+
+
+def register_user_models() -> None:
+    """The user models the portal knows (FLPORTAL_MODELS, README) must be known here
+    too: the same environment variable, the same factories importable at the site."""
+    try:
+        networks.register_from_settings(parse_model_paths(os.environ.get("FLPORTAL_MODELS")))
+    except ValueError as exc:
+        raise SiteError(f"FLPORTAL_MODELS: {exc}") from exc
 
 
 def _guarded(what: str, work: Callable[[], dict]) -> dict:

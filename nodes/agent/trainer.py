@@ -4,7 +4,8 @@
 
 The node token comes from ``$FLPORTAL_NODE_TOKEN`` or ``--token-file``, never argv.
 Loop: long-poll the job's task; ``train`` / ``evaluate`` the downloaded model on the
-local data and post the result; ``wait`` polls again; ``end`` exits 0.
+local data and post the result; ``cross_validate`` evaluates every listed model (global
+and each site's last local one); ``wait`` polls again; ``end`` exits 0.
 
 Failure policy: connection errors, 5xx and checksum mismatches are retried with capped
 exponential backoff for up to ``--max-offline`` seconds of continuous failure. A 4xx is
@@ -58,7 +59,7 @@ class Trainer:
             if action == "end":
                 log.info("job %s ended: %s", self.job_id, task.get("reason", ""))
                 return EXIT_END
-            if action in ("train", "evaluate"):
+            if action in ("train", "evaluate", "cross_validate"):
                 self._run_round_task(task)
                 continue
             if action != "wait":
@@ -85,6 +86,9 @@ class Trainer:
             raise PortalRefusal(0, "bad_task", f"{action} task lacks {missing or ['model_url']}: {task!r}")
         log.info("round %s: %s with model version %s", round_no, action, task.get("model_version"))
         try:
+            if action == "cross_validate":
+                self._cross_validate(task)
+                return
             weights = self.backoff.call(lambda: self._download(task), "model download")
             if action == "train":
                 self._train(task, weights)
@@ -126,6 +130,21 @@ class Trainer:
         payload = {"num_examples": num_examples, "metrics": metrics}
         answer = self.backoff.call(lambda: self.client.post_json(path, payload), "evaluation upload")
         log.info("round %s: evaluation accepted (%s)", task.get("round"), answer.status)
+
+
+    def _cross_validate(self, task: dict) -> None:
+        """Evaluate every listed model (the global one, each site's last local one) on
+        the local validation split; post them together."""
+        results = []
+        for model in task.get("models", []):
+            source = {"model_url": model["url"], "sha256": model["sha256"]}
+            weights = self.backoff.call(lambda src=source: self._download(src), f"model of {model['source']}")
+            num_examples, metrics = self.site.evaluate(task, weights)
+            results.append({"source": model["source"], "num_examples": num_examples, "metrics": metrics})
+            log.info("cross-site: model of %s on local data: %s", model["source"], _fmt(metrics))
+        path = f"/api/v1/fl/rounds/{task['round_id']}/cross-site"
+        answer = self.backoff.call(lambda: self.client.post_json(path, {"results": results}), "cross-site upload")
+        log.info("cross-site results accepted (%s)", answer.status)
 
 
 def _retry_after(task: dict) -> float:

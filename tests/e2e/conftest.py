@@ -29,11 +29,11 @@ def services_missing(reason: str):
     pytest.skip(reason)
 
 
-def make_stack(tmp_path_factory, name: str, env: dict) -> LocalStack:
+def make_stack(tmp_path_factory, name: str, env: dict, **data) -> LocalStack:
     workdir = tmp_path_factory.mktemp(name)
     stack = LocalStack(workdir=workdir, env={**FAST, "FLPORTAL_DATA_DIR": str(workdir / "portal"), **env})
     stack.setup(username="e2e", password=E2E_PASSWORD)
-    stack.make_data(dataset="breast_cancer", nodes=3)
+    stack.make_data(**{"dataset": "breast_cancer", "nodes": 3, **data})
     stack.register_nodes(3)
     return stack
 
@@ -41,6 +41,18 @@ def make_stack(tmp_path_factory, name: str, env: dict) -> LocalStack:
 @pytest.fixture(scope="module")
 def embedded_stack(tmp_path_factory):
     stack = make_stack(tmp_path_factory, "embedded", {"DATABASE_URL": "", "REDIS_URL": ""})
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def digits_stack(tmp_path_factory):
+    """Non-IID digits: Dirichlet(0.3) label skew over three sites."""
+    stack = make_stack(tmp_path_factory, "digits", {"DATABASE_URL": "", "REDIS_URL": ""},
+                       dataset="digits", scheme="dirichlet", alpha=0.3, seed=0)
     try:
         stack.start()
         yield stack
@@ -72,6 +84,7 @@ def launch(stack: LocalStack, **spec) -> int:
     body = {"name": "e2e", "start": True, "nodes": [a.name for a in stack.agents],
             "spec": {"model": "logreg", "dataset": "breast_cancer", "optimizer_params": {"lr": 0.1},
                      "batch_size": 8, "rounds": 5, "round_timeout_s": 60, **spec}}
+    body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}
     with stack.api() as api:
         response = api.post("/api/v1/jobs/", json=body)
         assert response.status_code == 201, response.text

@@ -7,7 +7,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CHECK = (
     "import jobs.fl.networks, jobs.fl.strategies, jobs.fl.serialization, jobs.fl.data, "
-    "jobs.fl.training, jobs.fl.params, sys; "
+    "jobs.fl.training, jobs.fl.params, jobs.fl.catalog, jobs.fl.examples, jobs.fl.metrics, sys; "
     "leaked = [m for m in sys.modules if m == 'django' or m.startswith('django.')]; "
     "assert not leaked, leaked"
 )

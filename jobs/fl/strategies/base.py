@@ -36,6 +36,12 @@ class Strategy:
     needs_all_updates: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
 
+    @classmethod
+    def min_updates(cls, params: dict) -> int:
+        """The fewest updates a round needs for this strategy with these (validated)
+        params; job creation checks the round policy against it."""
+        return 1
+
     def __init__(
         self,
         global_state: dict[str, torch.Tensor],

@@ -141,6 +141,10 @@ class Krum(AllUpdatesStrategy):
         super().__init__(global_state, params, server_state)
         self.selected: list[int] = []
 
+    @classmethod
+    def min_updates(cls, params: dict) -> int:
+        return max(2 * params["f"] + 3, params["m"])
+
     def prepare(self) -> None:
         n, f, m = len(self.updates), self.params["f"], self.params["m"]
         if n <= 2 * f + 2:

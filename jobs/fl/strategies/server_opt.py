@@ -44,7 +44,12 @@ class ServerOptStrategy(FedAvg):
     stateful = True
     moments: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, global_state, params=None, server_state=None):
+    def __init__(
+        self,
+        global_state: dict[str, torch.Tensor],
+        params: dict | None = None,
+        server_state: dict[str, torch.Tensor] | None = None,
+    ):
         super().__init__(global_state, params)
         self._optimized = [n for n, t in global_state.items() if is_optimized(n, t)]
         self._state = self._load_state(server_state or {})
