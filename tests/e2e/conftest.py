@@ -38,26 +38,27 @@ def make_stack(tmp_path_factory, name: str, env: dict, **data) -> LocalStack:
     return stack
 
 
-@pytest.fixture(scope="module")
-def embedded_stack(tmp_path_factory):
-    stack = make_stack(tmp_path_factory, "embedded", {"DATABASE_URL": "", "REDIS_URL": ""})
+EMBEDDED = {"DATABASE_URL": "", "REDIS_URL": ""}
+
+
+def serve(stack: LocalStack, **start):
     try:
-        stack.start()
+        stack.start(**start)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory):
+    yield from serve(make_stack(tmp_path_factory, "embedded", EMBEDDED))
 
 
 @pytest.fixture(scope="module")
 def digits_stack(tmp_path_factory):
     """Non-IID digits: Dirichlet(0.3) label skew over three sites."""
-    stack = make_stack(tmp_path_factory, "digits", {"DATABASE_URL": "", "REDIS_URL": ""},
-                       dataset="digits", scheme="dirichlet", alpha=0.3, seed=0)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
+    yield from serve(make_stack(tmp_path_factory, "digits", EMBEDDED, dataset="digits", scheme="dirichlet",
+                                alpha=0.3, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +70,10 @@ def production_stack(tmp_path_factory):
         redis.Redis.from_url(f"{REDIS}/9", socket_connect_timeout=5).flushdb()
     except (psycopg.Error, redis.RedisError) as exc:
         services_missing(f"PostgreSQL or Redis is not reachable: {exc}")
-    stack = make_stack(tmp_path_factory, "production", {
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}", "REDIS_URL": f"{REDIS}/9"})
     try:
-        stack.start(celery=True)
-        yield stack
+        yield from serve(make_stack(tmp_path_factory, "production", {
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}", "REDIS_URL": f"{REDIS}/9"}), celery=True)
     finally:
-        stack.stop()
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
