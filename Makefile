@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install serve clean
+.PHONY: demo test install serve clean bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks: ours on the product's .venv, Flower's baselines in bench/.venv (not part of CI).
+BENCH_VENV := bench/.venv
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt > $(BENCH_VENV)/pip.log 2>&1 \
+	  || { grep -v "is ignored: it is neither" $(BENCH_VENV)/pip.log; exit 1; }
+	touch $@
+
+bench: $(VENV)/.installed $(BENCH_VENV)/.installed
+	$(PY) bench/run_all.py
 
 serve: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput && $(PY) manage.py serve

@@ -29,6 +29,31 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free port")
 
 
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_BASE_URL = "redis://127.0.0.1:6379"
+
+
+def production_env(database: str, redis_db: int = 9) -> dict:
+    """Create an empty PostgreSQL database and empty a Redis db on this machine's local
+    services; returns the environment that selects the production stack. Raises
+    psycopg.Error / redis.RedisError when a service is not reachable."""
+    import psycopg
+    import redis
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    redis.Redis.from_url(f"{REDIS_BASE_URL}/{redis_db}", socket_connect_timeout=5).flushdb()
+    return {"DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+            "REDIS_URL": f"{REDIS_BASE_URL}/{redis_db}"}
+
+
+def drop_database(database: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 @dataclass
 class Agent:
     name: str

@@ -8,15 +8,13 @@ import psycopg
 import pytest
 import redis
 
-from flportal.localstack import LocalStack
+from flportal.localstack import LocalStack, drop_database, production_env
 
 FAST = {  # short timings so fault tests end in seconds, not minutes
     "FLPORTAL_HEARTBEAT_INTERVAL_S": "1",
     "FLPORTAL_NODE_OFFLINE_AFTER_S": "4",
     "FLPORTAL_WATCHDOG_INTERVAL_S": "1",
 }
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS = "redis://127.0.0.1:6379"
 E2E_PASSWORD = "e2e-Password-1"
 CHROMIUM = "/usr/bin/chromium"
 
@@ -65,17 +63,13 @@ def digits_stack(tmp_path_factory):
 def production_stack(tmp_path_factory):
     database = f"flportal_e2e_{uuid.uuid4().hex[:8]}"
     try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{database}"')
-        redis.Redis.from_url(f"{REDIS}/9", socket_connect_timeout=5).flushdb()
+        env = production_env(database)
     except (psycopg.Error, redis.RedisError) as exc:
         services_missing(f"PostgreSQL or Redis is not reachable: {exc}")
     try:
-        yield from serve(make_stack(tmp_path_factory, "production", {
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}", "REDIS_URL": f"{REDIS}/9"}), celery=True)
+        yield from serve(make_stack(tmp_path_factory, "production", env), celery=True)
     finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_database(database)
 
 
 def launch(stack: LocalStack, **spec) -> int:
