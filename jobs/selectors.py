@@ -25,8 +25,9 @@ def job_rounds(job: Job) -> list[Round]:
     rounds = list(job.rounds_set.select_related("model_version", "result_version")
                   .prefetch_related("selected", "dropped", updates))
     aggregates = _aggregate_metrics_by_round(job)
+    phases = {Round.Kind.TRAIN: "fit", Round.Kind.EVALUATE: "eval"}
     for rnd in rounds:
-        rnd.aggregate = aggregates.get((rnd.number, "fit" if rnd.kind == Round.Kind.TRAIN else "eval"), {})
+        rnd.aggregate = aggregates.get((rnd.number, phases.get(rnd.kind)), {})
     return rounds
 
 
@@ -64,14 +65,16 @@ def job_model_version(job: Job, round_number: int) -> ModelVersion:
 
 def job_cross_site_matrix(job: Job) -> dict:
     """{"sources": [...], "evaluators": [...], "metrics": {name: [[value per evaluator]
-    per source]}} (None where a cell is missing), "num_examples": {evaluator: n}}."""
+    per source]}, "num_examples": [[n per evaluator] per source]} (None where a cell is
+    missing)."""
     rows = list(job.cross_site_results.select_related("evaluator"))
     sources = sorted({r.source for r in rows}, key=lambda s: (s != "global", s))
     evaluators = sorted({r.evaluator.name for r in rows})
     cells = {(r.name, r.source, r.evaluator.name): r.value for r in rows}
+    examples = {(r.source, r.evaluator.name): r.num_examples for r in rows}
     names = sorted({r.name for r in rows})
     return {
         "sources": sources, "evaluators": evaluators,
         "metrics": {name: [[cells.get((name, s, e)) for e in evaluators] for s in sources] for name in names},
-        "num_examples": {r.evaluator.name: r.num_examples for r in rows},
+        "num_examples": [[examples.get((s, e)) for e in evaluators] for s in sources],
     }

@@ -16,6 +16,7 @@ from nodes.models import Node
 
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = {"global", "aggregate"}  # the global model's row in cross-site results; the aggregate metrics
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ def agent_key_for(node: Node) -> str:
 def node_register(*, name: str, agent_url: str) -> NodeCredentials:
     """Register a site, or re-issue the credentials of an existing one (the old token
     and agent key stop working). Raises ValidationFailed on a bad name or URL."""
+    if (name or "").lower() in RESERVED_NAMES:
+        raise ValidationFailed(f"name: {name!r} is reserved", field="name")
     if not NODE_NAME.fullmatch(name or ""):
         raise ValidationFailed("name: 1 to 64 ASCII letters, digits, '-' and '_', starting with a letter or digit",
                                field="name")

@@ -1,6 +1,9 @@
 """Validation of a job's specification against the catalog, at creation time."""
 import math
 
+import torch
+from django.conf import settings
+
 from jobs.fl import networks, strategies, training
 from jobs.fl.params import ParamError, validate_params
 from flportal.errors import ValidationFailed
@@ -94,14 +97,20 @@ def _check_round_size(out: dict) -> None:
 
 
 def _check_model_builds(out: dict) -> None:
-    """Build the model once now, so a model that does not fit its params (a CNN whose
-    image size does not match the features) is refused here, not at start."""
+    """Build the model once now, on the meta device (shapes only, no memory), so a model
+    that does not fit its params (a CNN whose image size does not match the features)
+    or whose updates could never be uploaded is refused here, not at start."""
     try:
-        networks.build_model(out["model"], out["model_params"], seed=out["seed"])
+        with torch.device("meta"):
+            model = networks.build_model(out["model"], out["model_params"], seed=out["seed"])
     except ParamError:
         raise
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ParamError("model_params", f"the model cannot be built: {exc}") from exc
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size > settings.FLPORTAL_MAX_UPDATE_BYTES:
+        raise ParamError("model_params", f"the model's weights take {size} bytes, more than the "
+                                         f"{settings.FLPORTAL_MAX_UPDATE_BYTES} an update may have")
 
 
 def _choice(field: str, value, registry) -> str:
