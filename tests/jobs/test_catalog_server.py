@@ -342,7 +342,7 @@ def test_without_cross_site_validation_the_job_ends_after_the_final_evaluation(m
     assert job.status == Job.Status.SUCCEEDED
     assert list(Round.objects.filter(job=job).values_list("kind", flat=True)) == ["train", "evaluate"]
     assert api_client.get(f"/api/v1/jobs/{job.pk}/cross-site/").json() == {
-        "sources": [], "evaluators": [], "metrics": {}, "num_examples": {}}
+        "sources": [], "evaluators": [], "metrics": {}, "num_examples": []}
     assert api_client.get(f"/api/v1/jobs/{job.pk}/").json()["spec"]["cross_site_validation"] is False
 
 
