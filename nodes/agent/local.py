@@ -17,13 +17,9 @@ from torch import nn
 from jobs.fl import data as fl_data
 from jobs.fl import networks, serialization, training
 from jobs.fl.params import parse_model_paths
-from nodes.agent.sitedata import find_dataset, is_safe_name
+from nodes.agent.sitedata import SiteError, find_dataset, is_safe_name
 
 log = logging.getLogger("flportal.trainer")
-
-
-class SiteError(Exception):
-    """A local problem that retrying cannot fix: missing dataset, unusable job config."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+
+class SiteError(Exception):
+    """A local problem that retrying cannot fix: missing dataset, unusable job config."""
+
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DATASET_SUFFIXES = (".npz", ".csv")
 

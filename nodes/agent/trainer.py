@@ -30,6 +30,7 @@ from pathlib import Path
 from nodes.agent.credentials import NODE_TOKEN_ENV, MissingSecret, read_secret
 from nodes.agent.portal import (Backoff, ChecksumMismatch, PortalClient, PortalOffline,
                                 PortalRefusal)
+from nodes.agent.sitedata import SiteError
 
 log = logging.getLogger("flportal.trainer")
 
@@ -164,6 +165,32 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
 
 
+class SiteLoader:
+    """Stands for the LocalSite while a thread imports PyTorch and builds it, so the
+    first long poll runs during the import (seconds on a busy machine) instead of after
+    it. The first use waits for the thread and re-raises what it raised (SiteError)."""
+
+    def __init__(self, data_dir: Path, dataset: str | None):
+        self._site, self._error = None, None
+        self._thread = threading.Thread(target=self._load, args=(data_dir, dataset), name="site-load", daemon=True)
+        self._thread.start()
+
+    def _load(self, data_dir: Path, dataset: str | None) -> None:
+        try:
+            from nodes.agent.local import LocalSite  # imports torch
+
+            self._site = LocalSite(data_dir, dataset)
+            log.info("site ready: data %s, device %s", data_dir, self._site.device)
+        except BaseException as exc:  # handed to the main thread on first use
+            self._error = exc
+
+    def __getattr__(self, name: str):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return getattr(self._site, name)
+
+
 def watch_parent(parent_pid: int, *, interval: float = 0.5) -> threading.Thread | None:
     """Exit the process (status 4) as soon as ``parent_pid`` is no longer our parent.
 
@@ -216,11 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingSecret as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
-    from nodes.agent.local import LocalSite, SiteError  # torch: only after the cheap checks
-
     try:
-        site = LocalSite(opts.data_dir, opts.dataset)
-        log.info("job %d: portal %s, data %s, device %s", opts.job, opts.portal, opts.data_dir, site.device)
+        site = SiteLoader(opts.data_dir, opts.dataset)  # torch loads while the first task is polled
+        log.info("job %d: portal %s", opts.job, opts.portal)
         backoff = Backoff(max_offline=opts.max_offline, initial=opts.backoff_initial, cap=opts.backoff_cap)
         trainer = Trainer(client=PortalClient(opts.portal, token), site=site, job_id=opts.job,
                           wait_s=opts.wait, backoff=backoff)

@@ -21,7 +21,8 @@ CONFIG = {"model": "logreg", "model_params": MODEL_PARAMS, "optimizer": "sgd",
           "optimizer_params": {"lr": 0.1}, "local_epochs": 2, "batch_size": 32,
           "dataset": "breast_cancer", "val_fraction": 0.2, "seed": 0,
           "strategy": "fedavg", "proximal_mu": 0.0}
-UPDATE_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "compute_s"}
+# breast cancer is a binary task: AUROC too; on_cuda says which device trained
+UPDATE_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc", "compute_s", "on_cuda"}
 
 
 def model_bytes(seed: int) -> bytes:
@@ -125,7 +126,7 @@ def test_trainer_posts_the_evaluation_on_its_validation_split(scripted_run, site
     _, n_val = split_sizes(site_data)
     [(round_id, status, body)] = portal.evaluations
     assert (round_id, status, body["num_examples"]) == (11, 201, n_val)
-    assert set(body["metrics"]) == {"loss", "accuracy"}
+    assert set(body["metrics"]) == {"loss", "accuracy", "auroc"}
     assert math.isfinite(body["metrics"]["loss"]) and 0.0 <= body["metrics"]["accuracy"] <= 1.0
 
 
