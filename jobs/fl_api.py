@@ -113,7 +113,7 @@ def model_download(request, job_id: int, version: int):
 
 
 def _file_response(path: str, sha256: str, size: int) -> FileResponse:
-    response = FileResponse(open(artifacts.absolute(path), "rb"), content_type="application/octet-stream")
+    response = artifacts.file_response(path)  # streamed under ASGI, not read into memory first
     response["X-Checksum-Sha256"] = sha256
     response["Content-Length"] = str(size)
     return response

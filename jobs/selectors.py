@@ -8,7 +8,7 @@ from jobs.models import Job, JobEvent, MetricPoint, ModelVersion, Round, Update
 
 
 def job_list_for_user(user, *, status: str | None = None):
-    jobs = Job.objects.filter(owner=user).select_related("owner")
+    jobs = Job.objects.filter(owner=user).select_related("owner", "final_model")
     return jobs.filter(status=status) if status else jobs
 
 

@@ -1,0 +1,463 @@
+"""FedAvg over N updates of P float32 parameters, read from safetensors files on disk as the
+portal's worker does (`jobs.services.rounds._aggregate_and_write`: load the global state,
+then for each update load it, add it, drop it), against, in the same run:
+
+- the memory-bandwidth floor: a raw PyTorch in-place weighted sum (``acc.add_(t, alpha=w)``
+  then ``acc.div_(total)``) of the same tensors already in memory, with a float32
+  accumulator (the naive floor) and with a float64 one (the portal's precision);
+- Flower 1.41's ``flwr.server.strategy.aggregate.aggregate`` on lists of numpy arrays
+  loaded from the same files (``safetensors.numpy.load_file``, same pread reader), run
+  under bench/.venv/bin/python.
+
+FedMedian and Krum (which keep every update) are reported from the same files.
+
+Every case runs in a fresh subprocess, single-threaded (numpy's element-wise ops are;
+torch gets one intra-op thread). Times are CPU seconds of that process (user + system,
+page faults included), the fastest of a few passes: on a shared machine they leave out
+the time other processes held the cores, which wall times (also kept) do not. Each pass
+starts cold: ``malloc_trim`` hands the previous pass's free memory back first.
+
+Peak memory is the process's VmHWM (reset through /proc/self/clear_refs after imports and
+warm-up) minus its VmRSS at that moment, so it counts everything the case allocates:
+updates, accumulators, temporaries, the result, and (one column) the global state.
+Units: "models" = P * 4 bytes (one float32 model).
+
+Runs in about 2 to 3 minutes on an idle two-core machine (writing 2 GB of update files
+is part of it); longer on a busy one.
+
+    .venv/bin/python bench/aggregation.py [--sizes 1M,10M] [--ns 5,20,50] [--full]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SIZES = {"1M": 1_000_000, "10M": 10_000_000}
+SCRIPT = Path(__file__).resolve()
+REPEATS = {"1M": 5, "10M": 3}  # timings: the fastest of this many passes (a shared machine only adds delays)
+
+
+# --------------------------------------------------------------------------- the files
+
+def layout(params: int) -> list[tuple[str, tuple[int, ...]]]:
+    """An MLP-like state dict of exactly ``params`` float32 values: three weight
+    matrices (about 50 %, 35 %, 15 %) with their biases."""
+    width = 1000
+    rows1, rows2 = params // 2 // width, params * 35 // 100 // width
+    used = rows1 * width + rows1 + rows2 * width + rows2
+    rest = params - used - 10
+    return [("fc1.weight", (rows1, width)), ("fc1.bias", (rows1,)), ("fc2.weight", (rows2, width)),
+            ("fc2.bias", (rows2,)), ("fc3.weight", (rest,)), ("fc3.bias", (10,))]
+
+
+def write_files(directory: Path, params: int, count: int) -> dict:
+    """global.safetensors and update-XX.safetensors (random normal float32, one seed each);
+    returns {"global": path, "updates": [paths], "num_examples": [ints]}."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shapes = layout(params)
+
+    def state(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return {name: torch.randn(shape, generator=gen) for name, shape in shapes}
+
+    save_file(state(0), str(directory / "global.safetensors"))
+    paths = []
+    for k in range(count):
+        path = directory / f"update-{k:02d}.safetensors"
+        save_file(state(k + 1), str(path))
+        paths.append(str(path))
+    gen = torch.Generator().manual_seed(1234)
+    num_examples = torch.randint(100, 1000, (count,), generator=gen).tolist()
+    return {"global": str(directory / "global.safetensors"), "updates": paths, "num_examples": num_examples}
+
+
+# --------------------------------------------------------------------------- memory probes
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak() -> int:
+    """Reset VmHWM to the current RSS; returns that RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def peak() -> int:
+    return _status("VmHWM")
+
+
+# --------------------------------------------------------------------------- workers (subprocesses)
+
+def clock() -> float:
+    """CPU seconds of this process (user + system: page faults included). Every case is
+    single-threaded, so on an idle machine this is its wall time; on a shared one it
+    leaves out the time other processes held the cores. Wall times are kept too."""
+    return time.process_time()
+
+
+def worker_stream(spec: dict) -> dict:
+    """The portal's path (``_aggregate_and_write``): load the global state, then load, add
+    and drop each update, then ``result()``. The first pass gives the memory figures;
+    the timings are the fastest of the passes (the files are in the page cache)."""
+    from jobs.fl.serialization import load_state_dict
+    from jobs.fl.strategies import get_strategy
+
+    _threads()
+    _warm_up(spec["strategy"], spec["strategy_params"])
+    paths, counts = spec["updates"][:spec["n"]], spec["num_examples"][:spec["n"]]
+    passes = []
+    for repeat in range(spec.get("repeats", 3)):
+        release_free_memory()
+        base = reset_peak()
+        started, wall_started = clock(), time.perf_counter()
+        global_state = load_state_dict(spec["global"])
+        load_s = clock() - started
+        holding_global = _status("VmRSS")
+        strategy = get_strategy(spec["strategy"])(global_state, spec["strategy_params"])
+        add_s = 0.0
+        for path, count in zip(paths, counts):
+            t0 = clock()
+            update = load_state_dict(path)
+            t1 = clock()
+            strategy.add(update, count)
+            del update
+            add_s += clock() - t1
+            load_s += t1 - t0
+        t0 = clock()
+        result = strategy.result()
+        result_s = clock() - t0
+        total_s, wall_s = clock() - started, time.perf_counter() - wall_started
+        if repeat == 0:
+            memory = {"peak_bytes": peak() - base, "peak_over_global_bytes": peak() - holding_global}
+            if spec.get("save"):
+                from safetensors.torch import save_file
+                save_file({k: v.contiguous() for k, v in result.items()}, spec["save"])
+        passes.append({"load_s": load_s, "agg_s": add_s + result_s, "result_s": result_s, "total_s": total_s,
+                       "total_wall_s": wall_s})
+        del result, strategy, global_state
+    best = min(passes, key=lambda p: p["total_s"])
+    return {**best, **memory, "passes": len(passes)}
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free memory back to the system (glibc ``malloc_trim``), so that
+    every pass starts cold, as the first one did: its allocations fault fresh pages in
+    instead of reusing the previous pass's."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _threads() -> None:
+    """One intra-op thread: numpy's element-wise ops (Flower) use one, and on a shared
+    two-core machine a second OpenMP thread turns every descheduling into a stall."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _warm_up(strategy_name: str, params: dict) -> None:
+    """Run every kernel the case uses once on tiny tensors, so lazy initialisation is
+    neither timed nor counted as the case's memory."""
+    import torch
+
+    from jobs.fl.strategies import get_strategy
+
+    small = {"w": torch.zeros(64, 8), "b": torch.zeros(8)}
+    strategy = get_strategy(strategy_name)(small, params)
+    for k in range(5):
+        strategy.add({"w": torch.randn(64, 8), "b": torch.randn(8)}, 10 + k)
+    strategy.result()
+
+
+def worker_memory(spec: dict) -> dict:
+    """Data already in memory: the raw floors and the portal's FedAvg on the same tensors,
+    run a few times each, interleaved; the fastest of each."""
+    import torch
+
+    from jobs.fl.serialization import load_state_dict
+    from jobs.fl.strategies import get_strategy
+
+    _threads()
+    global_state = load_state_dict(spec["global"])
+    updates = [load_state_dict(p) for p in spec["updates"][:spec["n"]]]
+    counts = spec["num_examples"][:spec["n"]]
+    total = float(sum(counts))
+
+    def floor_f32():
+        """The naive float32 in-place weighted sum: what the hardware allows."""
+        acc = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in global_state.items()}
+        for update, count in zip(updates, counts):
+            for name, tensor in update.items():
+                acc[name].add_(tensor, alpha=count)
+        for tensor in acc.values():
+            tensor.div_(total)
+        return acc
+
+    def floor_f64():
+        """The same in float64, the portal's precision: each float32 slice cast into an
+        L2-sized buffer, then added (a plain ``acc64.add_(t32)`` first copies all of ``t32``
+        to float64, and is slower)."""
+        size = 1 << 18
+        buffer = torch.empty(size, dtype=torch.float64)
+        acc = {name: torch.zeros(t.numel(), dtype=torch.float64) for name, t in global_state.items()}
+        for update, count in zip(updates, counts):
+            for name, tensor in update.items():
+                flat, out = tensor.reshape(-1), acc[name]
+                for start in range(0, flat.numel(), size):
+                    part = buffer[:min(size, flat.numel() - start)]
+                    part.copy_(flat[start:start + size])
+                    out[start:start + size].add_(part, alpha=count)
+        return {name: (t / total).to(torch.float32).reshape(global_state[name].shape) for name, t in acc.items()}
+
+    def ours():
+        strategy = get_strategy("fedavg")(global_state, {})
+        for update, count in zip(updates, counts):
+            strategy.add(update, count)
+        return strategy.result()
+
+    cases = {"floor_f32": floor_f32, "floor_f64": floor_f64, "ours": ours}
+    times, last = {name: [] for name in cases}, {}
+    for _ in range(spec.get("repeats", 3)):  # the fastest run counts: the first one warms up
+        for name, fn in cases.items():
+            last.pop(name, None)
+            t0 = clock()
+            out = fn()
+            times[name].append(clock() - t0)
+            last[name] = out
+            del out
+    reference, check = last["floor_f64"], last["ours"]
+    max_err = max(float((check[n].double() - reference[n].double()).abs().max()) for n in reference)
+    return {**{f"{name}_s": min(values) for name, values in times.items()},
+            "ours_vs_floor64_max_abs_diff": max_err}
+
+
+def worker_flower(spec: dict) -> dict:
+    """Flower's aggregate() on numpy arrays from the same files (runs in bench/.venv).
+    Memory from the first pass; timings the fastest of the passes."""
+    import numpy as np
+    from flwr.server.strategy.aggregate import aggregate
+    from safetensors.numpy import load_file
+
+    paths, counts = spec["updates"][:spec["n"]], spec["num_examples"][:spec["n"]]
+    aggregate([([np.ones(8, np.float32)], 3), ([np.zeros(8, np.float32)], 5)])  # warm-up
+    names = [name for name, _ in spec["layout"]]
+    passes = []
+    for repeat in range(spec.get("repeats", 3)):
+        release_free_memory()
+        base = reset_peak()
+        started, wall_started = clock(), time.perf_counter()
+        results = []
+        for path, count in zip(paths, counts):
+            arrays = load_file(path, backend="pread")
+            results.append(([arrays[name] for name in names], count))
+            del arrays
+        load_s = clock() - started
+        loaded_rss, load_peak = _status("VmRSS"), peak()
+        reset_peak()
+        t0 = clock()
+        averaged = aggregate(results)
+        agg_s = clock() - t0
+        total_s, wall_s = clock() - started, time.perf_counter() - wall_started
+        if repeat == 0:
+            memory = {"peak_bytes": max(load_peak, peak()) - base, "agg_extra_bytes": peak() - loaded_rss}
+            if spec.get("save"):
+                from safetensors.numpy import save_file
+                save_file(dict(zip(names, averaged)), spec["save"])
+        passes.append({"load_s": load_s, "agg_s": agg_s, "total_s": total_s, "total_wall_s": wall_s})
+        del results, averaged
+    return {**min(passes, key=lambda p: p["total_s"]), **memory, "passes": len(passes)}
+
+
+WORKERS = {"stream": worker_stream, "memory": worker_memory, "flower": worker_flower}
+
+
+def run_worker(kind: str, spec: dict, python: str = sys.executable, timeout: float = 600) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(common.ROOT), "FLWR_TELEMETRY_ENABLED": "0"}
+    done = subprocess.run([python, str(SCRIPT), "--worker", kind], input=json.dumps(spec), env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=common.ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- the run
+
+# FedMedian and Krum keep every update and stack them in float64; Krum's distances cost
+# O(N^2 P). Where they run without --full (the rest would take minutes):
+ROBUST = {"fedmedian": ({}, {"1M": [5, 20, 50], "10M": [5, 20]}),
+          "krum": ({"f": 1, "m": 1}, {"1M": [5, 20], "10M": [5]})}
+
+
+def run(sizes: list[str], ns: list[int], full: bool) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="flportal-bench-agg-"))
+    rows, robust_rows, checks = [], [], []
+    try:
+        for size in sizes:
+            params = SIZES[size]
+            model_bytes = params * 4
+            t0 = time.perf_counter()
+            files = write_files(workdir / size, params, max(ns))
+            print(f"[{size}] wrote {max(ns) + 1} files of {model_bytes / 1e6:.0f} MB in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+            base_spec = {**files, "layout": layout(params), "strategy": "fedavg", "strategy_params": {},
+                         "repeats": REPEATS[size]}
+            for n in ns:
+                spec = {**base_spec, "n": n}
+                save = n == min(ns)  # check the two results agree on one case per size
+                ours = run_worker("stream", {**spec, "save": str(workdir / "ours.st") if save else ""})
+                flower = run_worker("flower", {**spec, "save": str(workdir / "flwr.st") if save else ""},
+                                    python=str(common.BENCH_PYTHON))
+                mem = run_worker("memory", spec)
+                if save:
+                    checks.append(_compare(workdir / "ours.st", workdir / "flwr.st", size, n))
+                row = {
+                    "P": size, "N": n,
+                    "ours_total_s": ours["total_s"], "ours_load_s": ours["load_s"], "ours_agg_s": ours["agg_s"],
+                    "flower_total_s": flower["total_s"], "flower_load_s": flower["load_s"],
+                    "flower_agg_s": flower["agg_s"],
+                    "floor_f32_s": mem["floor_f32_s"], "floor_f64_s": mem["floor_f64_s"],
+                    "ours_in_memory_s": mem["ours_s"],
+                    "ours_peak_models": ours["peak_over_global_bytes"] / model_bytes,
+                    "ours_peak_incl_global_models": ours["peak_bytes"] / model_bytes,
+                    "flower_peak_models": flower["peak_bytes"] / model_bytes,
+                    "flower_agg_peak_models": flower["agg_extra_bytes"] / model_bytes,
+                    "max_abs_diff_vs_f64_floor": mem["ours_vs_floor64_max_abs_diff"],
+                }
+                row["vs_floor_f32"] = row["ours_in_memory_s"] / row["floor_f32_s"]
+                row["vs_floor_f64"] = row["ours_in_memory_s"] / row["floor_f64_s"]
+                row["flower_over_ours_total"] = row["flower_total_s"] / row["ours_total_s"]
+                row["flower_over_ours_agg"] = row["flower_agg_s"] / row["ours_agg_s"]
+                rows.append(row)
+                print(f"[{size} N={n}] ours {row['ours_total_s']:.3f} s ({row['ours_peak_models']:.2f} models), "
+                      f"flower {row['flower_total_s']:.3f} s ({row['flower_peak_models']:.2f} models), "
+                      f"in memory {row['ours_in_memory_s']:.3f} s vs floor f32 {row['floor_f32_s']:.3f} s / "
+                      f"f64 {row['floor_f64_s']:.3f} s", flush=True)
+            for strategy, (params, where) in ROBUST.items():
+                for n in (ns if full else [x for x in ns if x in where.get(size, [])]):
+                    res = run_worker("stream", {**base_spec, "n": n, "strategy": strategy, "strategy_params": params,
+                                                "repeats": 1})
+                    robust_rows.append({"strategy": strategy, "P": size, "N": n, "total_s": res["total_s"],
+                                        "load_s": res["load_s"], "agg_s": res["agg_s"],
+                                        "peak_models": res["peak_over_global_bytes"] / model_bytes})
+                    print(f"[{size} N={n}] {strategy} {res['total_s']:.2f} s, "
+                          f"{robust_rows[-1]['peak_models']:.1f} models", flush=True)
+            shutil.rmtree(workdir / size)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"rows": rows, "robust": robust_rows, "checks": checks}
+
+
+def _compare(ours_path: Path, flower_path: Path, size: str, n: int) -> dict:
+    from safetensors.torch import load_file
+
+    ours, flower = load_file(str(ours_path)), load_file(str(flower_path))
+    diff = max(float((ours[k].double() - flower[k].double()).abs().max()) for k in ours)
+    ours_path.unlink()
+    flower_path.unlink()
+    return {"P": size, "N": n, "max_abs_diff_ours_vs_flower": diff}
+
+
+# --------------------------------------------------------------------------- report
+
+TARGET_FLOOR, TARGET_FLOWER, TARGET_MEMORY = 1.5, 2.0, 3.0
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    worst_f32 = max(r["vs_floor_f32"] for r in rows)
+    worst_f64 = max(r["vs_floor_f64"] for r in rows)
+    least_flower = min(r["flower_over_ours_total"] for r in rows)
+    worst_mem = max(r["ours_peak_models"] for r in rows)
+    worst_mem_global = max(r["ours_peak_incl_global_models"] for r in rows)
+    over = [f"P={r['P']} N={r['N']}: {r['ours_peak_models']:.2f} models, "
+            f"{(r['ours_peak_models'] - TARGET_MEMORY) * SIZES[r['P']] * 4 / 2**20:.1f} MiB over"
+            for r in rows if r["ours_peak_models"] > TARGET_MEMORY]
+    short = [f"P={r['P']} N={r['N']}: {r['flower_over_ours_total']:.2f}×" for r in rows
+             if r["flower_over_ours_total"] < TARGET_FLOWER]
+
+    def ok(flag):
+        return "met" if flag else "MISSED"
+
+    return [
+        f"- Data in memory, ours ≤ {TARGET_FLOOR}× the raw floor: worst {worst_f32:.2f}× the float32 floor "
+        f"({ok(worst_f32 <= TARGET_FLOOR)}); worst {worst_f64:.2f}× the float64 floor, the portal's "
+        f"accumulator precision ({ok(worst_f64 <= TARGET_FLOOR)}).",
+        f"- Total (load + aggregate) ≥ {TARGET_FLOWER}× faster than Flower: least {least_flower:.2f}× "
+        f"({ok(least_flower >= TARGET_FLOWER)}{'; short: ' + '; '.join(short) if short else ''}).",
+        f"- Peak extra memory ≤ {TARGET_MEMORY:g} models at any N: worst {worst_mem:.2f} models above the "
+        f"global state the server holds ({ok(worst_mem <= TARGET_MEMORY)}"
+        f"{'; ' + '; '.join(over) if over else ''}); {worst_mem_global:.2f} models "
+        f"counting the global state as loaded by the round. Flower's grows with N: up to "
+        f"{max(r['flower_peak_models'] for r in rows):.1f} models.",
+    ]
+
+
+def summary_md(result: dict) -> str:
+    rows = result["rows"]
+    main = common.table(rows, ["P", "N", "ours_total_s", "ours_load_s", "ours_agg_s", "flower_total_s",
+                               "flower_load_s", "flower_agg_s", "flower_over_ours_total", "ours_peak_models",
+                               "ours_peak_incl_global_models", "flower_peak_models"])
+    floor = common.table(rows, ["P", "N", "ours_in_memory_s", "floor_f32_s", "floor_f64_s", "vs_floor_f32",
+                                "vs_floor_f64", "max_abs_diff_vs_f64_floor"])
+    robust = common.table(result["robust"], ["strategy", "P", "N", "total_s", "load_s", "agg_s", "peak_models"])
+    checks = "; ".join(f"P={c['P']} N={c['N']}: max |ours − Flower| = {c['max_abs_diff_ours_vs_flower']:.2g}"
+                       for c in result["checks"])
+    return "\n".join([
+        "FedAvg from safetensors files, the portal's path (load the global state, then load, add, drop "
+        "each update; `result()`), vs Flower 1.41 `aggregate()` on numpy arrays loaded from the same files. "
+        f"CPU seconds of the single-threaded case (user + system), fastest of {REPEATS['1M']} (P = 1M) or "
+        f"{REPEATS['10M']} (10M) passes, each "
+        "starting cold (`malloc_trim` between passes, so its allocations fault fresh pages in as a first "
+        "round would); the JSON also has wall times. One intra-op thread for both. Memory in models (P × 4 bytes): "
+        "peak RSS (VmHWM) above the RSS once the global state is loaded (`ours_peak_models`; the server "
+        "holds the global model in either system) or after imports (`ours_peak_incl_global_models`); "
+        "Flower's above its RSS after imports (its N loaded updates included).", "", main, "",
+        "Data already in memory: the portal's FedAvg (float64 accumulator) vs a raw in-place weighted sum "
+        "of the same tensors (`acc.add_(t, alpha=w)`; float32, and float64 through an L2-sized cast "
+        f"buffer), CPU seconds, fastest of as many runs.", "", floor, "",
+        "Strategies that keep every update (same files, same load-add path, one pass; memory above the "
+        "global state):", "", robust, "",
+        f"Results agree: {checks}.", "", *verdicts(rows),
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="1M,10M")
+    parser.add_argument("--ns", default="5,20,50")
+    parser.add_argument("--full", action="store_true", help="FedMedian and Krum at every N and P")
+    opts = parser.parse_args()
+    if opts.worker:
+        print(json.dumps(WORKERS[opts.worker](json.loads(sys.stdin.read()))))
+        return 0
+    if not common.BENCH_PYTHON.exists():
+        print("bench/.venv is missing: make bench/.venv/.installed", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    result = run(opts.sizes.split(","), [int(x) for x in opts.ns.split(",")], opts.full)
+    result["summary_md"] = summary_md(result)
+    result["seconds"] = time.monotonic() - started
+    print("\n" + result["summary_md"])
+    common.write_result("aggregation", result)
+    print(f"\n({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Flower baseline apps of the benchmarks (run only under bench/.venv)."""
