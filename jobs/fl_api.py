@@ -10,6 +10,7 @@ import time
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connection
 from django.http import FileResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -65,6 +66,17 @@ def heartbeat(request):
                          "heartbeat_interval_s": settings.FLPORTAL_HEARTBEAT_INTERVAL_S})
 
 
+def _task_releasing_connection(job_id: int, node) -> dict:
+    """task_for_node, then give the database connection back: a long poll must not hold
+    one of PostgreSQL's connections while it waits (measured: 60 waiting nodes exhausted
+    max_connections)."""
+    try:
+        return task_for_node(job_id=job_id, node=node)
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
 @require_GET
 @async_node_required
 async def task(request, job_id: int):
@@ -83,7 +95,7 @@ async def task(request, job_id: int):
     try:
         while True:
             try:
-                answer = await sync_to_async(task_for_node)(job_id=job_id, node=request.node)
+                answer = await sync_to_async(_task_releasing_connection)(job_id, request.node)
             except DomainError as exc:
                 return error_response(exc)
             remaining = deadline - time.monotonic()
