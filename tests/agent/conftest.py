@@ -25,7 +25,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; return it, or fail the test."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

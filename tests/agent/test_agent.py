@@ -90,7 +90,7 @@ def agent(site_data, python, tmp_path_factory):
 
 def test_heartbeats_carry_version_datasets_and_resources(agent):
     beats = wait_for(lambda: agent.portal.heartbeats[:3] if len(agent.portal.heartbeats) >= 3 else None,
-                     timeout=10, what="three heartbeats at the portal's interval")
+                     timeout=30, what="three heartbeats at the portal's interval")
     beat = beats[-1]
     assert beat["version"] == __version__
     assert [(d["name"], d["format"], d["n_features"], d["num_classes"]) for d in beat["datasets"]] == [
