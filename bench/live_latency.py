@@ -263,19 +263,22 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["production", "embedded"], choices=["production", "embedded"])
     parser.add_argument("--profile", metavar="DIR", help="py-spy the portal (and worker) at 50 watchers into DIR")
     opts = parser.parse_args()
-    rows = []
+    rows, errors = [], []
     for mode in opts.modes:
         print(f"--- {mode} ---", flush=True)
         with BenchStack(mode, "latency", redis_db=12) as bench:
             rows += asyncio.run(measure(bench, opts.nodes, opts.rounds, opts.profile))
+            errors += [f"{mode}: {e}" for e in bench.server_errors()]
     failures = [f for row in rows for f in row.pop("failures", [])]
     md = common.table(rows, COLUMNS)
     lines = verdicts(rows)
     print("\n" + md + "\n\n" + "\n".join(lines))
     if failures:
         print("failed requests:\n  " + "\n  ".join(failures))
+    if errors:
+        print("exceptions in the portal's and worker's logs:\n  " + "\n  ".join(errors))
     common.write_result("live_latency", {
-        "nodes": opts.nodes, "rounds": opts.rounds, "rows": rows, "failed_requests": failures,
+        "nodes": opts.nodes, "rounds": opts.rounds, "rows": rows, "failed_requests": failures, "server_errors": errors,
         "targets": {"p50_ms": TARGET_P50_MS, "p95_ms": TARGET_P95_MS, "watchers": max(WATCHERS)},
         "summary_md": md + "\n\nTime from just before a node's POST (update or evaluation, FL API) to each "
                            "websocket watcher's receipt of the `metrics` event. "
@@ -285,7 +288,9 @@ def main() -> int:
                            "task polls, heartbeats, fan-out to the watchers, the idle wait) per measured event. idle_dropped: watchers whose websocket closed while the job was quiet "
                            f"for {IDLE_S:g} s. loadavg: the machine's 1-minute load average (2 cores).\n\n"
                            + "\n".join(lines)
-                           + ("\n\nFailed requests:\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")})
+                           + ("\n\nFailed requests:\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
+                           + ("\n\nExceptions in the portal's and worker's logs:\n\n" + "\n".join(f"- {e}" for e in errors)
+                              if errors else "")})
     return 0 if all("**met**" in line for line in lines) and not failures else 1
 
 

@@ -2,7 +2,19 @@
 flportal's production stack side by side with Flower 1.41 (legacy and SuperLink paths),
 all in one run on this machine, on loopback.
 
-    .venv/bin/python bench/round_overhead.py [--nodes 10] [--rounds 10] [--superlink-rounds 3]
+    .venv/bin/python bench/round_overhead.py [--nodes 10] [--rounds 10] [--superlink-rounds 2]
+        [--superlink-budget 100] [--systems flportal flower_legacy flower_superlink] [--keep]
+
+Systems: flportal's production stack through LocalStack (PostgreSQL, Redis, separate
+Celery worker and beat, uvicorn, one agent per site; the job through the REST API);
+Flower 1.41's legacy path (bench/flower/legacy_server.py and legacy_client.py:
+`start_server` / `start_client`, clients started once the server's port listens); its
+supported path (bench/flower/pyproject.toml + flbench/: `flower-superlink` on one
+HTTP port with its default in-memory state, one `flower-supernode` per site in the
+default subprocess isolation, the app submitted with `flwr run`). Flower code runs
+under bench/.venv only. The SuperLink path costs about a minute per round here, so it
+runs 2 rounds within a time budget (the rounds finished by then are used, and the
+summary says so).
 
 Workload (the same for every system): logistic regression (torch nn.Linear(64, 10)) on
 scikit-learn's digits split IID over the sites (`make_demo_data --dataset digits`, the
@@ -25,6 +37,8 @@ download, which makes our overhead a lower bound by that much; the column
 `overhead, eval not subtracted` is the upper bound. Round 1 holds one-time costs
 (flportal: trainer processes start after round 1 opens; Flower: clients connect, torch's
 first optimizer step imports torch._dynamo), so the statistics are over rounds 2..N.
+For flportal it also reports where a round's time goes (portal timestamps and trainer
+log lines) and the CPU each kind of process used per round (/proc).
 
 Prints a table and writes bench/out/round_overhead.json.
 """
@@ -43,11 +57,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_PYTHON, ROOT, summary, table, write_result  # noqa: E402
-from stacklogs import first, iso_time, sweep, trainer_logs  # noqa: E402
+from stacklogs import first, free_redis_db, iso_time, sweep, trainer_logs  # noqa: E402
 
 from flportal.localstack import LocalStack, drop_database, free_port, production_env  # noqa: E402
 
-REDIS_DB = 13  # the e2e tests use 9; benchmarks keep to their own
+REDIS_DBS = [10, 11, 15, 8, 7, 6, 5]  # free_redis_db() takes the first that nobody uses (bench/scale.py: 13, queries: 14,
+# live_latency: 12, tests/e2e: 9)
 FLOWER_DIR = ROOT / "bench" / "flower"
 TARGET_MS, TARGET_RATIO = 50.0, 0.5
 SYSTEMS = ["flportal", "flower_legacy", "flower_superlink"]
@@ -91,9 +106,9 @@ def run_flportal(workdir: Path, nodes: int, rounds: int) -> dict:
     """A real production stack (PostgreSQL, Redis, separate Celery worker and beat,
     uvicorn, one agent per site); one job through the REST API; the rounds from it."""
     database = f"flbench_overhead_{os.getpid()}"
-    stack = None
+    stack, env = None, {}
     try:
-        env = production_env(database, redis_db=REDIS_DB)
+        env = production_env(database, redis_db=free_redis_db(REDIS_DBS))
         stack = LocalStack(workdir=workdir, env={**env, "FLPORTAL_DATA_DIR": str(workdir / "portal")})
         stack.setup(username="bench")
         register_nodes(stack, nodes)  # their data: make_data() wrote it to <workdir>/data
@@ -116,10 +131,19 @@ def run_flportal(workdir: Path, nodes: int, rounds: int) -> dict:
         if stack is not None:
             stack.stop()
         sweep("FLPORTAL_DATA_DIR", str(workdir / "portal"))
-        try:
-            drop_database(database)
-        except Exception as exc:  # noqa: BLE001 - report, keep cleaning up
-            print(f"dropping database {database}: {exc}", file=sys.stderr)
+        release(database, env)
+
+
+def release(database: str, env: dict) -> None:
+    """Drop the benchmark's database and empty its Redis db (free for the next run)."""
+    try:
+        drop_database(database)
+    except Exception as exc:  # noqa: BLE001 - report, keep cleaning up
+        print(f"dropping database {database}: {exc}", file=sys.stderr)
+    if env.get("REDIS_URL"):
+        import redis
+
+        redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=5).flushdb()
 
 
 def _cpu_s(pid: int) -> float:
@@ -399,6 +423,16 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="flportal-bench-overhead-"))
+    try:
+        return measure(opts, workdir)
+    finally:
+        if opts.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(opts, workdir: Path) -> int:
     systems, errors, started = {}, {}, time.monotonic()
     data = make_data(workdir, opts.nodes)
     runs = {"flportal": (lambda: run_flportal(workdir, opts.nodes, opts.rounds), None),
@@ -418,15 +452,11 @@ def main() -> int:
             traceback.print_exc()
             errors[name] = f"{type(exc).__name__}: {exc}"
             print(f"{name}: FAILED ({errors[name]})", flush=True)
-    report(systems, errors, opts, time.monotonic() - started, workdir)
-    if not opts.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        print(f"work directory kept: {workdir}")
+    report(systems, errors, opts, time.monotonic() - started)
     return 0 if systems and not errors else 1
 
 
-def report(systems: dict, errors: dict, opts, seconds: float, workdir: Path) -> None:
+def report(systems: dict, errors: dict, opts, seconds: float) -> None:
     labels = {"flportal": "flportal (PostgreSQL, Redis, Celery, uvicorn)",
               "flower_legacy": "Flower 1.41 legacy (start_server/start_client)",
               "flower_superlink": "Flower 1.41 SuperLink/SuperNode (flwr run)"}

@@ -124,6 +124,7 @@ class Stats:
     ids and node names taken out."""
     requests: int = 0
     failed: int = 0
+    stale: int = 0  # 409 answers: not failures, the trainer drops that work (PROTOCOL.md)
     kinds: dict = field(default_factory=dict)
 
     def fail(self, what: str) -> None:
@@ -151,12 +152,16 @@ class SimNode:
         self.trainer: asyncio.Task | None = None
 
     async def request(self, method: str, path: str, **kw) -> httpx.Response | None:
-        """One request; a transport error or a non-2xx answer is counted as a failure."""
+        """One request; a transport error or a non-2xx answer other than 409 is counted as
+        a failure."""
         self.stats.requests += 1
         try:
             response = await self.client.request(method, path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
         except httpx.HTTPError as exc:
             self.stats.fail(f"{self.name} {method} {path}: {type(exc).__name__} {exc}")
+            return None
+        if response.status_code == 409:  # the protocol's "the round moved on" (here: a cancelled job)
+            self.stats.stale += 1
             return None
         if response.status_code >= 300:
             self.stats.fail(f"{self.name} {method} {path}: {response.status_code} {response.text[:200]}")
@@ -353,9 +358,26 @@ class BenchStack:
             self.stack.start_celery()
         self.stack.start_portal()
 
+    def server_errors(self) -> list[str]:
+        """The exceptions the portal and worker logged, by kind (count × last line of the
+        traceback, numbers taken out), most frequent first: what a failed request hid."""
+        import re
+
+        kinds: dict[str, int] = {}
+        for name in ("portal.log", "worker.log"):
+            path = self.workdir / name
+            text = path.read_text(errors="replace") if path.exists() else ""
+            for line in text.splitlines():
+                if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Timeout)\b.*:", line):
+                    kind = f"{name.split('.')[0]}: " + re.sub(r"\d+", "<n>", line)[:160]
+                    kinds[kind] = kinds.get(kind, 0) + 1
+        return [f"{n} × {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])][:10]
+
     def __exit__(self, *exc):
         import shutil
+        import signal
 
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         try:
             if self.stack is not None:
                 self.stack.stop()

@@ -68,3 +68,18 @@ def sweep(marker_name: str, marker_value: str) -> list[int]:
             except OSError:
                 pass
     return killed
+
+
+def free_redis_db(candidates: list[int], base_url: str = "redis://127.0.0.1:6379") -> int:
+    """The first of ``candidates`` that no Redis client has selected and that holds no
+    key: benchmarks of other people may run at the same time on this Redis, and two
+    stacks on one db consume each other's Celery tasks (production_env also empties
+    the db it is given). RuntimeError when every candidate is busy."""
+    import redis
+
+    client = redis.Redis.from_url(f"{base_url}/0", socket_connect_timeout=5)
+    busy = {int(c["db"]) for c in client.client_list() if "db" in c}
+    for db in candidates:
+        if db not in busy and not redis.Redis.from_url(f"{base_url}/{db}", socket_connect_timeout=5).dbsize():
+            return db
+    raise RuntimeError(f"every Redis db of {candidates} is in use by another process")

@@ -1,6 +1,5 @@
 """The user-facing REST API for jobs (session or token auth). Thin: parse, call one
 service or selector, serialize."""
-from django.http import FileResponse
 from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
@@ -86,9 +85,8 @@ class JobModelDownloadApi(APIView):
     def get(self, request, job_id: int, round_number: int):
         job = selectors.job_get_for_user(request.user, job_id)
         version = selectors.job_model_version(job, round_number)
-        response = FileResponse(open(artifacts.absolute(version.path), "rb"), as_attachment=True,
-                                filename=f"job{job.pk}-round{version.round}.safetensors",
-                                content_type="application/octet-stream")
+        response = artifacts.file_response(version.path)  # streamed in blocks, also under ASGI
+        response["Content-Disposition"] = f'attachment; filename="job{job.pk}-round{version.round}.safetensors"'
         response["X-Checksum-Sha256"] = version.sha256
         return response
 

@@ -75,7 +75,7 @@ def test_dead_node_is_dropped_and_job_still_succeeds(embedded_stack):
     """clients_required=2 of 3: killing one agent mid-job drops it from its round, the
     job succeeds, and the node goes offline after the heartbeat timeout."""
     victim = embedded_stack.agents[2]
-    job_id = launch(embedded_stack, rounds=4, clients_required=2, round_timeout_s=15, seed=1)
+    job_id = launch(embedded_stack, rounds=4, clients_required=2, round_timeout_s=20, seed=1)
     _wait_round_open(embedded_stack, job_id, 2)
     embedded_stack.kill_agent(victim)
     job = embedded_stack.wait_job(job_id, timeout=180)
@@ -93,7 +93,7 @@ def test_dead_node_fails_job_that_requires_every_node(embedded_stack):
     """clients_required=3 of 3: the job ends failed, with a reason that names the
     missing node, and is never left running."""
     victim = embedded_stack.agents[1]
-    job_id = launch(embedded_stack, rounds=4, clients_required=3, round_timeout_s=10, seed=2)
+    job_id = launch(embedded_stack, rounds=4, clients_required=3, round_timeout_s=20, seed=2)
     _wait_round_open(embedded_stack, job_id, 2)
     embedded_stack.kill_agent(victim)
     job = embedded_stack.wait_job(job_id, timeout=120)
