@@ -46,10 +46,12 @@ class Fleet:
         self.stack, self.stats = stack, stats
         self.sims = {name: SimNode(name, token, client, stats) for name, token in tokens.items()}
         self.beating: list[asyncio.Task] = []
+        self.ignored: set[int] = set()  # jobs whose trainers the benchmark drives itself
         self.api = {"Authorization": f"Token {stack.token}"}
 
     def on_run(self, node: str, job_id: int) -> None:
-        self.sims[node].start_trainer(job_id)
+        if job_id not in self.ignored:
+            self.sims[node].start_trainer(job_id)
 
     async def bring_online(self, names: list[str]) -> float:
         """First heartbeats (50 at a time), then one every interval; returns the interval."""
@@ -195,13 +197,15 @@ async def measure(bench: BenchStack, sizes: list[int], rounds: int, profile: str
 
 async def _updates(fleet: Fleet, client, name: str) -> list[bytes]:
     """Precomputed updates: the job model's round-0 weights (from a one-node job that is
-    then cancelled) plus noise."""
+    then cancelled, its trainer not started) plus noise."""
     sim = fleet.sims[name]
     await fleet.bring_online([name])
     answer = await client.post("/api/v1/jobs/", headers=fleet.api, json={
-        "name": "shape", "nodes": [name], "start": True,
+        "name": "shape", "nodes": [name],
         "spec": {"model": "logreg", "dataset": "breast_cancer", "rounds": 1, "seed": 0}})
     job_id = answer.json()["id"]
+    fleet.ignored.add(job_id)
+    await client.post(f"/api/v1/jobs/{job_id}/start/", headers=fleet.api)
     end = time.monotonic() + 60
     while time.monotonic() < end:
         task = (await sim.request("GET", f"/api/v1/fl/jobs/{job_id}/task?wait=5", timeout=20)).json()
@@ -213,8 +217,6 @@ async def _updates(fleet: Fleet, client, name: str) -> list[bytes]:
         raise RuntimeError(f"the shape job's round 1 did not open in 60 s: {task}")
     model = (await sim.request("GET", task["model_url"])).content
     await client.post(f"/api/v1/jobs/{job_id}/cancel/", headers=fleet.api, json={"reason": "shape only"})
-    if sim.trainer:  # the fake agent started its trainer too; the job is over for it
-        await asyncio.wait_for(sim.trainer, 30)
     return perturbed_updates(model, 16)
 
 
