@@ -12,10 +12,25 @@ from jobs.services import artifacts
 from jobs.services.jobs import job_cancel, job_create, job_launch
 
 
+class Page(LimitOffsetPagination):
+    """`?limit=&offset=` → {"count", "next", "previous", "results"}; `limit` defaults to
+    PAGE_SIZE (50) and is capped at `max_limit`, so no answer grows with the data."""
+
+    max_limit = 200
+
+
+class RoundPage(Page):
+    max_limit = 100  # a round carries its updates: about 2.3 KiB of JSON with 10 nodes
+
+
+class MetricPage(Page):
+    max_limit = 1000  # a point is small: about 130 bytes of JSON
+
+
 class JobListApi(APIView):
     def get(self, request):
         jobs = selectors.job_list_for_user(request.user, status=request.query_params.get("status"))
-        paginator = LimitOffsetPagination()
+        paginator = Page()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(serializers.JobSerializer(page, many=True).data)
 
@@ -52,17 +67,28 @@ class JobCancelApi(APIView):
 
 
 class JobRoundsApi(APIView):
+    """A page of the job's rounds in order (by number, then as opened), each with its
+    updates and aggregate metrics."""
+
     def get(self, request, job_id: int):
-        rounds = selectors.job_rounds(selectors.job_get_for_user(request.user, job_id))
-        return Response(serializers.RoundSerializer(rounds, many=True).data)
+        job = selectors.job_get_for_user(request.user, job_id)
+        paginator = RoundPage()
+        page = paginator.paginate_queryset(selectors.job_rounds(job), request, view=self)
+        rounds = selectors.rounds_with_metrics(job, page)
+        return paginator.get_paginated_response(serializers.RoundSerializer(rounds, many=True).data)
 
 
 class JobMetricsApi(APIView):
+    """A page of the job's metric points in order (round, then recording), filtered by
+    `name`, `phase` and `node` (a node's name, or "aggregate")."""
+
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(request.user, job_id)
         q = request.query_params
         points = selectors.job_metrics(job, name=q.get("name"), phase=q.get("phase"), node=q.get("node"))
-        return Response(serializers.MetricPointSerializer(points, many=True).data)
+        paginator = MetricPage()
+        page = paginator.paginate_queryset(points, request, view=self)
+        return paginator.get_paginated_response(serializers.MetricPointSerializer(page, many=True).data)
 
 
 class JobEventsApi(APIView):

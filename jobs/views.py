@@ -7,6 +7,11 @@ from flportal.errors import NotFound
 from jobs import selectors
 from nodes.selectors import node_list as nodes_all
 
+# the job page shows the last rounds and events in full, and the whole history as one
+# compact series per metric (the chart), so its size does not grow with rounds × nodes
+LAST_ROUNDS, LAST_EVENTS = 100, 100
+CHART_METRICS = ("loss", "accuracy", "train_loss", "val_loss", "val_accuracy")
+
 
 @login_required
 def job_list(request):
@@ -19,9 +24,8 @@ def job_detail(request, job_id: int):
         job = selectors.job_get_for_user(request.user, job_id)
     except NotFound as exc:
         raise Http404(str(exc)) from exc
-    context = {"job": job, "rounds": selectors.job_rounds(job),
-               "events": list(selectors.job_events(job))[-100:], "nodes": job.job_nodes.select_related("node")}
-    return render(request, "jobs/job_detail.html", context)
+    page = selectors.job_page(job, last_rounds=LAST_ROUNDS, last_events=LAST_EVENTS, metric_names=CHART_METRICS)
+    return render(request, "jobs/job_detail.html", {"job": job, "page": page, "chart_metrics": CHART_METRICS})
 
 
 @login_required

@@ -1,8 +1,11 @@
 """The user REST API through the real URLs: authentication, create/start/cancel, the
 read endpoints' shapes, and that another user's job is a 404 everywhere."""
 import hashlib
+import json
+import re
 
 import pytest
+from django.test import Client
 from rest_framework.test import APIClient
 
 from jobs.models import Job, JobEvent
@@ -30,15 +33,16 @@ def assert_error(response, status, code=None):
 
 @pytest.fixture
 def finished_round_job(started_job, nodes3, tmp_path):
-    """A running job whose train round 1 and evaluate round 1 are closed."""
+    """A running job whose round 1 is done: its train round closed, and so is its
+    evaluate round where the protocol opens one; train round 2 is open."""
     train = open_round(started_job)
     for i, cr in enumerate(nodes3):
         submit_train(train, cr.node, tmp_path, seed=i, num_examples=10 * (i + 1), metrics={"train_loss": float(i)})
     close(train)
-    evaluate = open_round(started_job, "evaluate")
-    for cr in nodes3:
-        submit_eval(evaluate, cr.node, num_examples=10, metrics={"loss": 0.5, "accuracy": 0.75})
-    close(evaluate)
+    while (evaluate := open_round(started_job)).kind == "evaluate":
+        for cr in nodes3:
+            submit_eval(evaluate, cr.node, num_examples=10, metrics={"loss": 0.5, "accuracy": 0.75})
+        close(evaluate)
     started_job.refresh_from_db()
     return started_job
 
@@ -202,9 +206,24 @@ def test_job_list_shows_only_ones_own_jobs(api_client, other_api_client, job, ma
 
 # --- reads ---------------------------------------------------------------------------------------
 
-def test_rounds_shape(api_client, finished_round_job):
-    rounds = api_client.get(f"/api/v1/jobs/{finished_round_job.pk}/rounds/").json()
+PAGE_KEYS = {"count", "next", "previous", "results"}
 
+
+def all_pages(client, url, params=None) -> list[dict]:
+    """Every result of a paginated endpoint, following `next`."""
+    body = client.get(url, params).json()
+    results = body["results"]
+    while body["next"]:
+        body = client.get(body["next"]).json()
+        results += body["results"]
+    return results
+
+
+def test_rounds_shape(api_client, finished_round_job):
+    body = api_client.get(f"/api/v1/jobs/{finished_round_job.pk}/rounds/").json()
+
+    assert set(body) == PAGE_KEYS and body["count"] == 3 and body["next"] is None and body["previous"] is None
+    rounds = body["results"]
     assert [(r["number"], r["kind"], r["status"]) for r in rounds] == [
         (1, "train", "closed"), (1, "evaluate", "closed"), (2, "train", "open")]
     train = rounds[0]
@@ -221,15 +240,64 @@ def test_rounds_shape(api_client, finished_round_job):
     assert rounds[1]["result_version"] is None and rounds[2]["model_version"] == 1
 
 
+def test_rounds_are_paginated_and_each_page_has_its_own_metrics(api_client, finished_round_job):
+    url = f"/api/v1/jobs/{finished_round_job.pk}/rounds/"
+    everything = api_client.get(url).json()
+    count = everything["count"]
+    assert count == len(everything["results"]) >= 2 and everything["next"] is None
+
+    for offset in range(count):  # one round a page: the same rounds, with the same updates and metrics
+        body = api_client.get(url, {"limit": 1, "offset": offset}).json()
+        assert body["count"] == count and body["results"] == everything["results"][offset:offset + 1]
+        assert ("offset=%d" % (offset + 1) in body["next"]) if offset + 1 < count else body["next"] is None
+        assert (body["previous"] is None) == (offset == 0)
+    train = api_client.get(url, {"limit": 1}).json()["results"][0]
+    assert (train["number"], train["kind"]) == (1, "train") and len(train["updates"]) == 3
+    assert train["metrics"]["train_loss"] == pytest.approx((0 * 10 + 1 * 20 + 2 * 30) / 60)
+    assert all_pages(api_client, url, {"limit": 2}) == everything["results"]
+
+
 def test_metrics_shape_and_filters(api_client, finished_round_job):
     url = f"/api/v1/jobs/{finished_round_job.pk}/metrics/"
-    everything = api_client.get(url).json()
-    assert everything and set(everything[0]) == {"round", "phase", "node", "name", "value", "created_at"}
+    body = api_client.get(url).json()
+    assert set(body) == PAGE_KEYS and body["count"] == len(body["results"]) > 0
+    assert set(body["results"][0]) == {"round", "phase", "node", "name", "value", "created_at"}
 
-    aggregate = api_client.get(url, {"node": "aggregate", "phase": "eval", "name": "accuracy"}).json()
-    assert [(p["round"], p["phase"], p["node"], p["value"]) for p in aggregate] == [(1, "eval", None, 0.75)]
-    site_b = api_client.get(url, {"node": "site-b", "name": "train_loss"}).json()
+    aggregate = api_client.get(url, {"node": "aggregate", "phase": "fit", "name": "train_loss"}).json()
+    assert aggregate["count"] == 1
+    assert [(p["round"], p["phase"], p["node"], p["value"]) for p in aggregate["results"]] == [
+        (1, "fit", None, pytest.approx(80 / 60))]
+    assert api_client.get(url, {"phase": "eval", "name": "train_loss"}).json() == {
+        "count": 0, "next": None, "previous": None, "results": []}
+    site_b = api_client.get(url, {"node": "site-b", "name": "train_loss"}).json()["results"]
     assert [(p["node"], p["value"]) for p in site_b] == [("site-b", 1.0)]
+
+
+def test_metrics_pages_together_are_every_point_once_in_order(api_client, finished_round_job):
+    url = f"/api/v1/jobs/{finished_round_job.pk}/metrics/"
+    everything = api_client.get(url).json()
+    assert everything["next"] is None and everything["count"] > 6  # one page by default (PAGE_SIZE 50)
+
+    pages = all_pages(api_client, url, {"limit": 4})
+    assert pages == everything["results"]
+    assert [p["round"] for p in pages] == sorted(p["round"] for p in pages)
+    evals = api_client.get(url, {"phase": "eval", "limit": 2}).json()
+    assert evals["count"] == len(all_pages(api_client, url, {"phase": "eval", "limit": 2})) == len(
+        [p for p in everything["results"] if p["phase"] == "eval"])
+
+
+@pytest.mark.parametrize(("path", "page_class"), [
+    ("/api/v1/jobs/{id}/rounds/", "RoundPage"), ("/api/v1/jobs/{id}/metrics/", "MetricPage"), ("/api/v1/jobs/", "Page")])
+def test_a_limit_above_the_maximum_is_capped_and_the_rest_follows(api_client, finished_round_job, make_job, monkeypatch,
+                                                                  path, page_class):
+    from jobs import apis
+
+    make_job(), make_job()  # three jobs in the list
+    monkeypatch.setattr(getattr(apis, page_class), "max_limit", 1)
+    url = path.format(id=finished_round_job.pk)
+    capped = api_client.get(url, {"limit": 10**6}).json()
+    assert capped["count"] >= 2 and len(capped["results"]) == 1 and "limit=1" in capped["next"]
+    assert len(all_pages(api_client, url, {"limit": 10**6})) == capped["count"]
 
 
 def test_events_models_and_download(api_client, finished_round_job):
@@ -255,3 +323,74 @@ def test_node_list(api_client, nodes3):
     assert [n["name"] for n in nodes] == list(NODE_NAMES)
     assert {n["status"] for n in nodes} == {"online"}
     assert all("token_hash" not in n and "token_key_id" not in n for n in nodes)
+
+
+# --- the job page --------------------------------------------------------------------------------
+
+def page_json(html: str, element_id: str):
+    """The value of a `json_script` element of a page."""
+    match = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', html, re.S)
+    return json.loads(match.group(1))
+
+
+def test_job_page_shows_the_last_rounds_the_metric_series_and_the_last_events(user, other_user, finished_round_job,
+                                                                              monkeypatch):
+    from jobs import views
+    from jobs.models import MetricPoint
+    from jobs.services.jobs import job_event_record
+
+    job = finished_round_job
+    logs = 510  # more than an events API page (500): the page shows the last, not the first
+    for k in range(logs):
+        job_event_record(job=job, kind="log", message=f"log line {k}")
+    rounds = list(job.rounds_set.order_by("number", "id"))
+    monkeypatch.setattr(views, "LAST_ROUNDS", len(rounds) - 1)
+    browser = Client()
+    browser.force_login(user)
+    html = browser.get(f"/jobs/{job.pk}/").content.decode()
+
+    ids = [f"round-{r.number}-{r.kind}" for r in rounds]
+    assert f'id="{ids[0]}"' not in html and all(f'id="{i}"' in html for i in ids[1:])
+    assert re.search(rf"The last {len(rounds) - 1} of\s+{len(rounds)} rounds", html)
+    open_row = re.search(rf'id="{ids[-1]}">(.*?)</tr>', html, re.S).group(1)
+    assert re.search(r'data-role="updates">0 / 3<', open_row) and re.search(r'data-role="status">open<', open_row)
+    aggregates = MetricPoint.objects.filter(job=job, node=None, name__in=views.CHART_METRICS).order_by("round", "id")
+    expected = {}
+    for p in aggregates:
+        expected.setdefault(p.phase, {}).setdefault(p.name, []).append([p.round, pytest.approx(p.value)])
+    series = page_json(html, "metric-series")
+    assert series == expected and series["fit"]["train_loss"] == [[1, pytest.approx((0 * 10 + 1 * 20 + 2 * 30) / 60)]]
+    first_shown = logs - views.LAST_EVENTS
+    assert html.count("log line") == views.LAST_EVENTS and f"log line {first_shown - 1}\n" not in html
+    assert html.index(f"log line {first_shown}\n") < html.index(f"log line {logs - 1}\n")  # oldest first
+
+    intruder = Client()
+    intruder.force_login(other_user)
+    assert intruder.get(f"/jobs/{job.pk}/").status_code == 404
+
+
+def test_job_page_counts_each_rounds_updates(user, finished_round_job):
+    browser = Client()
+    browser.force_login(user)
+    html = browser.get(f"/jobs/{finished_round_job.pk}/").content.decode()
+    row = re.search(r'id="round-1-train">(.*?)</tr>', html, re.S).group(1)
+    assert re.search(r'data-role="updates">3 / 3<', row) and "train_loss=1.3333" in row and "num_examples" not in row
+
+
+def test_job_page_series_come_from_the_metrics_not_from_evaluate_rounds(user, make_started_job, nodes3, tmp_path):
+    """Eval metrics of a round that has no evaluate round (recorded with a later train
+    round) are in the chart's series all the same."""
+    from jobs.models import MetricPoint
+
+    started_job = make_started_job(rounds=2, evaluate_every=2)
+    train = open_round(started_job)
+    for i, cr in enumerate(nodes3):
+        submit_train(train, cr.node, tmp_path, seed=i, num_examples=10, metrics={"train_loss": 0.5})
+    close(train)
+    MetricPoint.objects.create(job=started_job, round=1, node=None, phase="eval", name="accuracy", value=0.625)
+    browser = Client()
+    browser.force_login(user)
+    html = browser.get(f"/jobs/{started_job.pk}/").content.decode()
+    assert page_json(html, "metric-series")["eval"] == {"accuracy": [[1, 0.625]]}
+    assert not started_job.rounds_set.filter(kind="evaluate").exists() and "round-1-evaluate" not in html
+    assert 'id="round-2-train"' in html
