@@ -22,23 +22,23 @@ same .npz files for everyone), the same 80/20 train/validation split and trainin
 (jobs.fl), SGD lr 0.1, batch 32, 1 local epoch, FedAvg over all sites, federated
 evaluation after every round, one process per site, OMP_NUM_THREADS=1.
 
-How a round is counted. A *full round* n is training round n plus its evaluation: for
-flportal the train round n and the evaluate round n (separate rounds there), from the
-train round's opening to the next train round's opening (the last: to the evaluate
-round's closing); for Flower from `configure_fit`/`configure_train` of round n to that
-of round n+1 (the last: to the end of `aggregate_evaluate`).
-    overhead(n) = wall(n) - max over sites of fit compute(n) - max over sites of eval compute(n)
-Fit compute is what each site reports (`compute_s`: local training plus the validation
-pass, perf_counter in the training process, the same code everywhere). Eval compute:
-Flower clients report `eval_s` (model build, weight load, evaluation); flportal trainers
-report no evaluation time, so it is taken from their log (the line before the model
-download to the line after the evaluation): an upper bound that also holds a loopback
-download, which makes our overhead a lower bound by that much; the column
-`overhead, eval not subtracted` is the upper bound. Round 1 holds one-time costs
-(flportal: trainer processes start after round 1 opens; Flower: clients connect, torch's
-first optimizer step imports torch._dynamo), so the statistics are over rounds 2..N.
-For flportal it also reports where a round's time goes (portal timestamps and trainer
-log lines) and the CPU each kind of process used per round (/proc).
+How a round is counted. A *full round* n is one training round plus one federated
+evaluation, and a window of wall time holding exactly that work. Flower: from
+`configure_fit` of round n to that of round n+1 (the last: to the end of
+`aggregate_evaluate`), holding fit(n) and evaluate(n). flportal evaluates a model on the
+way into the next round (docs/PROTOCOL.md: a train round's nodes evaluate the model they
+receive, then train), so its window is from the opening of train round n to that of
+train round n+1, holding evaluate(n-1) and fit(n); the last window runs to the close of
+the last model's evaluate round, so it holds one evaluation more.
+    overhead(n) = wall(n) - max over sites of fit compute(n) - max over sites of eval compute in the window
+Both are what each site reports, perf_counter in the training process, the same code
+everywhere: `compute_s` (local training plus the validation pass) and `eval_s` (model
+build, weight load, evaluation). Round 1 holds one-time costs (flportal: trainer
+processes start after round 1 opens; Flower: clients connect, torch's first optimizer
+step imports torch._dynamo) and no evaluation for flportal, so the statistics are over
+rounds 2..N. For flportal it also reports where a round's time goes (portal timestamps
+and trainer log lines) and the CPU each kind of process used per round (/proc).
+Sites heartbeat every 5 s (the product's default).
 
 Prints a table and writes bench/out/round_overhead.json.
 """
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_PYTHON, ROOT, summary, table, write_result  # noqa: E402
 from stacklogs import first, free_redis_db, iso_time, sweep, trainer_logs  # noqa: E402
 
-from flportal.localstack import LocalStack, drop_database, free_port, production_env  # noqa: E402
+from flportal.localstack import LocalStack, all_pages, drop_database, free_port, production_env  # noqa: E402
 
 REDIS_DBS = [10, 11, 15, 8, 7, 6, 5]  # free_redis_db() takes the first that nobody uses (bench/scale.py: 13, queries: 14,
 # live_latency: 12, tests/e2e: 9)
@@ -109,7 +109,8 @@ def run_flportal(workdir: Path, nodes: int, rounds: int) -> dict:
     stack, env = None, {}
     try:
         env = production_env(database, redis_db=free_redis_db(REDIS_DBS))
-        stack = LocalStack(workdir=workdir, env={**env, "FLPORTAL_DATA_DIR": str(workdir / "portal")})
+        stack = LocalStack(workdir=workdir, env={**env, "FLPORTAL_DATA_DIR": str(workdir / "portal")},
+                           heartbeat_interval=5.0)
         stack.setup(username="bench")
         register_nodes(stack, nodes)  # their data: make_data() wrote it to <workdir>/data
         stack.start(celery=True)
@@ -122,9 +123,11 @@ def run_flportal(workdir: Path, nodes: int, rounds: int) -> dict:
         if job["status"] != "succeeded":
             raise RuntimeError(f"job {job_id} ended {job['status']}: {job['status_reason']}")
         with stack.api() as api:
-            rounds_api = api.get(f"/api/v1/jobs/{job_id}/rounds/").json()
-            compute = api.get(f"/api/v1/jobs/{job_id}/metrics/", params={"phase": "fit", "name": "compute_s"}).json()
-        result = flportal_rounds(rounds_api, compute, trainer_logs(workdir, job_id), rounds)
+            rounds_api = all_pages(api, f"/api/v1/jobs/{job_id}/rounds/", {"limit": 100})
+            compute = all_pages(api, f"/api/v1/jobs/{job_id}/metrics/",
+                                {"phase": "fit", "name": "compute_s", "limit": 1000})
+            evals = all_pages(api, f"/api/v1/jobs/{job_id}/metrics/", {"phase": "eval", "name": "eval_s", "limit": 1000})
+        result = flportal_rounds(rounds_api, compute, evals, trainer_logs(workdir, job_id), rounds)
         result["cpu_s_per_round"] = {k: v / (rounds - 1) for k, v in cpu.items()} if rounds > 1 else {}
         return result
     finally:
@@ -197,26 +200,34 @@ def wait_job_with_cpu(stack: LocalStack, workdir: Path, job_id: int, timeout: fl
     raise TimeoutError(f"job {job_id} did not end within {timeout} s")
 
 
-def flportal_rounds(rounds_api: list[dict], compute: list[dict], logs: dict, n_rounds: int) -> dict:
-    """Per full round: wall, slowest fit compute, slowest eval (from logs), and where
-    the rest of the time went (portal timestamps and trainer log lines)."""
+def flportal_rounds(rounds_api: list[dict], compute: list[dict], evals: list[dict], logs: dict, n_rounds: int) -> dict:
+    """Per full round: wall, slowest fit compute, slowest evaluation(s) in its window,
+    and where the rest of the time went (portal timestamps and trainer log lines)."""
     by = {(r["kind"], r["number"]): r for r in rounds_api}
-    fit = {}
-    for point in compute:
-        if point["node"] is not None:
-            fit.setdefault(point["round"], []).append(point["value"])
+    fit, evaluated = _per_round(compute), _per_round(evals)  # eval points carry the evaluated version
     out = []
     for n in range(1, n_rounds + 1):
-        train, evaluate = by[("train", n)], by[("evaluate", n)]
+        train = by[("train", n)]
         start = iso_time(train["opened_at"])
-        end = iso_time(by[("train", n + 1)]["opened_at"]) if ("train", n + 1) in by else iso_time(evaluate["closed_at"])
-        row = {"round": n, "wall_s": end - start, "fit_compute_s": max(fit[n]), "n_fit": len(fit[n])}
+        last = ("train", n + 1) not in by
+        end = iso_time(by[("evaluate", n)]["closed_at"] if last else by[("train", n + 1)]["opened_at"])
+        windows_evals = [n - 1] + ([n] if last else [])  # folded into round n; the last model's own round
+        row = {"round": n, "wall_s": end - start, "fit_compute_s": max(fit[n]), "n_fit": len(fit[n]),
+               "eval_s": sum(max(evaluated[k]) for k in windows_evals if k in evaluated)}
         row.update(_phase("train", train, logs, n, r"trained on", r"update accepted"))
-        row.update(_phase("eval", evaluate, logs, n, r"evaluated on", r"evaluation accepted"))
-        row["eval_s"] = row.pop("eval_work_s")
-        row["train_to_eval_open_s"] = iso_time(evaluate["opened_at"]) - iso_time(train["closed_at"])
+        if last:
+            row.update(_phase("eval", by[("evaluate", n)], logs, n, r"evaluated on", r"evaluation accepted"))
         out.append(row)
     return {"rounds": out}
+
+
+def _per_round(points: list[dict]) -> dict[int, list[float]]:
+    """{round: [value per node]} of metric points (aggregates left out)."""
+    out: dict[int, list[float]] = {}
+    for point in points:
+        if point["node"] is not None:
+            out.setdefault(point["round"], []).append(point["value"])
+    return out
 
 
 def _phase(prefix: str, rnd: dict, logs: dict, n: int, done: str, accepted: str) -> dict:
@@ -234,7 +245,7 @@ def _phase(prefix: str, rnd: dict, logs: dict, n: int, done: str, accepted: str)
             acked.append(t_ack - t_done)
     received = [iso_time(u["received_at"]) for u in rnd["updates"]]
     return {f"{prefix}_task_latency_s": max(got, default=None),  # round opened -> last trainer has its task
-            f"{prefix}_work_s": max(worked, default=None),  # download + local work (log lines)
+            f"{prefix}_work_s": max(worked, default=None),  # (evaluation +) local work, from the log lines
             f"{prefix}_submit_s": max(acked, default=None),  # upload + persisted + acknowledged
             f"{prefix}_last_update_to_aggregating_s": aggregating - max(received) if received else None,
             f"{prefix}_aggregate_close_s": closed - aggregating,  # aggregate, write version, open the next
@@ -395,7 +406,7 @@ def overheads(result: dict) -> dict:
 def breakdown(result: dict) -> list[dict]:
     """Median over rounds 2..N of each part of a flportal full round (ms)."""
     steady = [r for r in result["rounds"] if r["round"] >= 2]
-    keys = [k for k in steady[0] if k.startswith(("train_", "eval_")) and k != "eval_s"] + ["train_to_eval_open_s"]
+    keys = [k for r in steady for k in r if k.startswith(("train_", "eval_")) and k != "eval_s"]
     rows = []
     for key in dict.fromkeys(keys):
         values = [r[key] for r in steady if r.get(key) is not None]

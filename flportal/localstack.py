@@ -29,6 +29,20 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free port")
 
 
+def all_pages(api: httpx.Client, path: str, params: dict | None = None) -> list[dict]:
+    """Every result of a paginated REST endpoint (`{"count", "next", "previous",
+    "results"}`: /api/v1/jobs/, .../rounds/, .../metrics/), following `next`. Raises
+    httpx.HTTPStatusError on an answer that is not 2xx."""
+    answer = api.get(path, params=params)
+    results = []
+    while True:
+        body = answer.raise_for_status().json()
+        results += body["results"]
+        if not body["next"]:
+            return results
+        answer = api.get(body["next"])
+
+
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_BASE_URL = "redis://127.0.0.1:6379"
 
@@ -163,12 +177,25 @@ class LocalStack:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Token {self.token}"}, timeout=30)
 
     def wait_nodes_online(self, names: list[str], timeout: float = 60) -> None:
+        """Wait until every node in `names` is online. An answer that is not a list of
+        nodes (a 500, the portal still starting) is waited through; if the wait times out,
+        the error says what the last answer was."""
+        last = ["no answer"]
         with self.api() as api:
             def online():
-                nodes = {n["name"]: n["status"] for n in api.get("/api/v1/nodes/").json()}
-                return all(nodes.get(n) == "online" for n in names)
+                answer = api.get("/api/v1/nodes/")
+                nodes = answer.json() if answer.status_code == 200 else None
+                if not isinstance(nodes, list):
+                    last[0] = f"{answer.status_code} {answer.text[:300]}"
+                    return False
+                statuses = {n["name"]: n["status"] for n in nodes}
+                last[0] = f"200, statuses {statuses}"
+                return all(statuses.get(n) == "online" for n in names)
 
-            self.wait_for(online, timeout, f"nodes {names} to come online")
+            try:
+                self.wait_for(online, timeout, f"nodes {names} to come online")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}; the last answer of /api/v1/nodes/: {last[0]}") from None
 
     def wait_job(self, job_id: int, timeout: float, on_poll=None) -> dict:
         """Poll until the job ends; `on_poll(job, rounds)` sees every poll."""
@@ -177,7 +204,7 @@ class LocalStack:
             while time.monotonic() < end:
                 job = api.get(f"/api/v1/jobs/{job_id}/").json()
                 if on_poll:
-                    on_poll(job, api.get(f"/api/v1/jobs/{job_id}/rounds/").json())
+                    on_poll(job, all_pages(api, f"/api/v1/jobs/{job_id}/rounds/", {"limit": 100}))
                 if job["status"] in ("succeeded", "failed", "cancelled"):
                     return job
                 self.check_alive()
