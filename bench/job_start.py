@@ -11,15 +11,29 @@ machine's clock, millisecond resolution). The components, per trainer, slowest s
 - api: POST start until its answer (draft → queued, job_start queued on commit);
 - server start: POST until the `round_open` event of round 1 (Celery picks up
   job_start: online check, round-0 model stored, running, round 1 opened);
-- agent call: round 1 opened until the agent logged that it spawned the trainer
-  (agent_start_run_task through Celery, the portal → agent HTTP call, the spawn);
-- trainer boot: spawn until the trainer's first log line (interpreter, imports);
-- first poll: first log line until the first task is in hand.
+- agent call: round 1 opened until the agent logged that it started the run
+  (agent_start_run_task through Celery, the portal → agent HTTP call, then either
+  the hand-over of the job to the agent's warm spare trainer or a cold spawn);
+- trainer boot: that agent line until the trainer's first line for the job (cold: the
+  interpreter and the trainer's own imports; warm: the spare reading its assignment);
+- first poll: that line until the first task is in hand.
 
-No baseline is required. Prints a table and writes bench/out/job_start.json.
+(Warm, trainer boot is a millisecond or two and may read slightly negative: the agent
+logs its line just after the hand-over, and the two processes' log stamps race.)
+
+Warm trainers (nodes/agent/spare.py) are measured first. Before each trial the
+benchmark waits until every agent is idle (no run left) and, warm, until every agent
+reports its spare `ready` in /health: a spare is rebuilt only when its site is idle,
+so each trial measures a start on an idle system with the spares in place, which is
+the case the feature is for (a site that starts a job while it runs another one gets
+a cold trainer). The spares' RSS is read from /proc then. The baseline, in the same
+run on the same stack: the agents restarted with warm trainers off
+(`FLPORTAL_WARM_TRAINERS=0`: every trainer imports PyTorch after the start), the
+same trials; `--no-baseline` skips it. Prints tables and writes bench/out/job_start.json.
 """
 import argparse
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -31,6 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import summary, table, write_result  # noqa: E402
 from stacklogs import first, free_redis_db, iso_time, read_lines, sweep, trainer_logs  # noqa: E402
+
+import httpx  # noqa: E402
 
 from flportal.localstack import LocalStack, production_env  # noqa: E402
 from round_overhead import release  # noqa: E402
@@ -47,10 +63,55 @@ def spec(nodes: int) -> dict:
             "clients_required": nodes, "round_timeout_s": 120, "seed": 0}
 
 
-def trial(stack: LocalStack, workdir: Path, nodes: int, number: int) -> dict:
+def agent_health(agent) -> dict:
+    answer = httpx.get(f"http://127.0.0.1:{agent.port}/health", timeout=10,
+                       headers={"Authorization": f"Bearer {agent.agent_key}"})
+    answer.raise_for_status()
+    return answer.json()
+
+
+def rss_mib(pid: int) -> dict:
+    """VmRSS and RssAnon (the part no other process shares) of ``pid``, MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {name: int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "RssAnon")}
+
+
+def wait_agents_idle(stack: LocalStack, warm: bool, timeout: float = 600) -> list[dict]:
+    """Wait until no agent has a running run and, ``warm``, every agent's spare is
+    ready; return the spares' RSS (empty when cold)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            healths = [agent_health(agent) for agent in stack.agents]
+        except httpx.TransportError:  # an agent that was just restarted and does not listen yet
+            healths = None
+        idle = healths is not None and all(run["state"] == "exited" for h in healths for run in h["runs"])
+        if idle and (not warm or all(h["spare"]["state"] == "ready" for h in healths)):
+            return [rss_mib(h["spare"]["pid"]) for h in healths] if warm else []
+        if time.monotonic() > end:
+            raise TimeoutError(f"agents not idle{' with a ready spare' if warm else ''} after {timeout:g} s: "
+                               f"{[(h['node'], h['spare']['state']) for h in healths or []]}")
+        time.sleep(0.5)
+
+
+def restart_agents(stack: LocalStack, *, warm: bool) -> None:
+    """SIGTERM every agent (it stops its runs and spare), start it again with warm
+    trainers on or off, wait until the portal sees every node online."""
+    for agent in stack.agents:
+        agent.process.terminate()
+    for agent in stack.agents:
+        agent.process.wait(30)
+    stack.full_env["FLPORTAL_WARM_TRAINERS"] = "1" if warm else "0"
+    for agent in stack.agents:
+        stack.start_agent(agent)
+    stack.wait_nodes_online([a.name for a in stack.agents], timeout=120)
+
+
+def trial(stack: LocalStack, workdir: Path, nodes: int, number: int, mode: str) -> dict:
     names = [a.name for a in stack.agents]
     with stack.api() as api:
-        answer = api.post("/api/v1/jobs/", json={"name": f"job start {number}", "nodes": names, "spec": spec(nodes)})
+        answer = api.post("/api/v1/jobs/", json={"name": f"job start {mode} {number}", "nodes": names,
+                                                 "spec": spec(nodes)})
         answer.raise_for_status()
         job_id = answer.json()["id"]
         clicked = time.time()
@@ -73,9 +134,12 @@ def trial(stack: LocalStack, workdir: Path, nodes: int, number: int) -> dict:
     with stack.api() as api:
         events = api.get(f"/api/v1/jobs/{job_id}/events/").json()
     opened = next(iso_time(e["created_at"]) for e in events if e["kind"] == "round_open")
-    per_site = []
+    per_site, warm_runs = [], 0
     for site in names:
-        agent = first(read_lines(workdir / f"{site}.log"), rf"^run {job_id}-\w+: started trainer pid")
+        agent_lines = read_lines(workdir / f"{site}.log")
+        agent = first(agent_lines, rf"^run {job_id}-\w+: started trainer pid")
+        warm_runs += any(re.match(rf"run {job_id}-\w+: started trainer pid .*\(warm spare\)$", m)
+                         for _, m in agent_lines)
         boot = logs[site][0][0]
         got = tasks[site]
         ready = first(logs[site], r"^site ready")  # PyTorch imported and data loaded (after the task here)
@@ -84,32 +148,47 @@ def trial(stack: LocalStack, workdir: Path, nodes: int, number: int) -> dict:
                          "server_start": opened - clicked, "agent_call": agent - opened,
                          "trainer_boot": boot - agent, "first_poll": got - boot})
     slowest = max(per_site, key=lambda r: r["latency_s"])
-    print(f"trial {number}: all {nodes} trainers had a task {slowest['latency_s']:.2f} s after start "
-          f"(slowest {slowest['site']})", flush=True)
-    return {"job_id": job_id, "latency_s": slowest["latency_s"],
+    print(f"{mode} trial {number}: all {nodes} trainers had a task {slowest['latency_s']:.2f} s after start "
+          f"(slowest {slowest['site']}; {warm_runs} of {nodes} runs were warm spares)", flush=True)
+    return {"job_id": job_id, "latency_s": slowest["latency_s"], "warm_runs": warm_runs,
             "first_trainer_s": min(r["latency_s"] for r in per_site),
             "all_sites_ready_s": max((r["site_ready_s"] for r in per_site if r["site_ready_s"]), default=None),
             "sites": per_site}
+
+
+def measure(stack: LocalStack, workdir: Path, opts, *, warm: bool) -> tuple[list[dict], list[dict]]:
+    """``opts.trials`` trials, each on idle agents (with ready spares when ``warm``);
+    returns (trials, the spares' RSS seen before each trial)."""
+    mode, trials, rss = ("warm" if warm else "cold"), [], []
+    for number in range(1, opts.trials + 1):
+        rss += wait_agents_idle(stack, warm)
+        trials.append(trial(stack, workdir, opts.nodes, number, mode))
+    return trials, rss
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the cold-start baseline")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="flportal-bench-jobstart-"))
     database = f"flbench_jobstart_{os.getpid()}"
-    stack, env, trials, error, started = None, {}, [], None, time.monotonic()
+    stack, env, error, started = None, {}, None, time.monotonic()
+    results = {"warm": ([], []), "cold": ([], [])}
     try:
         env = production_env(database, redis_db=free_redis_db(REDIS_DBS))
-        stack = LocalStack(workdir=workdir, env={**env, "FLPORTAL_DATA_DIR": str(workdir / "portal")})
+        stack = LocalStack(workdir=workdir, env={**env, "FLPORTAL_DATA_DIR": str(workdir / "portal"),
+                                                 "FLPORTAL_WARM_TRAINERS": "1"})
         stack.setup(username="bench")
         stack.make_data(dataset="digits", nodes=opts.nodes)
         stack.register_nodes(opts.nodes)
         stack.start(celery=True)
-        for number in range(1, opts.trials + 1):
-            trials.append(trial(stack, workdir, opts.nodes, number))
+        results["warm"] = measure(stack, workdir, opts, warm=True)
+        if not opts.no_baseline:
+            restart_agents(stack, warm=False)
+            results["cold"] = measure(stack, workdir, opts, warm=False)
     except Exception as exc:  # noqa: BLE001 - reported in the result, not hidden
         traceback.print_exc()
         error = f"{type(exc).__name__}: {exc}"
@@ -122,43 +201,76 @@ def main() -> int:
             print(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    report(trials, error, opts, time.monotonic() - started)
-    return 0 if trials and error is None else 1
+    report(results, error, opts, time.monotonic() - started)
+    return 0 if results["warm"][0] and error is None else 1
 
 
-def report(trials: list[dict], error: str | None, opts, seconds: float) -> None:
+def trial_table(trials: list[dict]) -> str:
     rows = []
     for t in trials:
         slowest = max(t["sites"], key=lambda r: r["latency_s"])
         rows.append({"trial": len(rows) + 1, "all trainers have a task s": t["latency_s"],
-                     "first trainer s": t["first_trainer_s"],
+                     "first trainer s": t["first_trainer_s"], "warm runs": t["warm_runs"],
                      "all sites ready to compute s": t["all_sites_ready_s"],
                      **{f"{c} s": slowest[c] for c in COMPONENTS}})
-    columns = (["trial", "all trainers have a task s", "first trainer s"] + [f"{c} s" for c in COMPONENTS]
-               + ["all sites ready to compute s"])
+    columns = (["trial", "all trainers have a task s", "first trainer s", "warm runs"]
+               + [f"{c} s" for c in COMPONENTS] + ["all sites ready to compute s"])
+    return table(rows, columns)
+
+
+def component_stats(trials: list[dict]) -> dict:
+    return {c: {"median_over_sites_s": statistics.median(r[c] for t in trials for r in t["sites"]),
+                "max_s": max(r[c] for t in trials for r in t["sites"])} for c in COMPONENTS}
+
+
+def rss_stats(rss: list[dict]) -> dict | None:
+    if not rss:
+        return None
+    return {name: {"median": statistics.median(r[name] for r in rss), "max": max(r[name] for r in rss)}
+            for name in ("VmRSS", "RssAnon")}
+
+
+def report(results: dict, error: str | None, opts, seconds: float) -> None:
+    (warm, rss), (cold, _) = results["warm"], results["cold"]
+    stats = summary([t["latency_s"] for t in warm]) if warm else None
+    cold_stats = summary([t["latency_s"] for t in cold]) if cold else None
     md = [f"POST start → every one of {opts.nodes} trainers has its first `train` task (production stack, "
-          f"all {opts.nodes} sites on this machine). Components of the slowest trainer:", "", table(rows, columns), ""]
-    stats = summary([t["latency_s"] for t in trials]) if trials else None
+          f"all {opts.nodes} sites on this machine), with warm trainers (each agent's spare trainer, PyTorch "
+          "loaded, takes the run) and, as the baseline, cold trainers (spawned at the start). Each trial starts "
+          "on idle agents, warm ones with their spare ready. Components of the slowest trainer:", ""]
     components = {}
-    if trials:
-        for c in COMPONENTS:
-            components[c] = {"median_over_sites_s": statistics.median(r[c] for t in trials for r in t["sites"]),
-                             "max_s": max(r[c] for t in trials for r in t["sites"])}
-        md += ["Each component over all trainers of all trials:", "",
-               table([{"component": c, "median s": v["median_over_sites_s"], "max s": v["max_s"]}
-                      for c, v in components.items()], ["component", "median s", "max s"]),
-               "", "`all sites ready to compute`: the trainers poll for their first task while PyTorch is "
-               "imported in a thread; this is when the last one logged `site ready` (PyTorch and data loaded). "
-               "It is not part of the target.", ""]
-        met = stats["median"] <= TARGET_S
-        md.append(f"- Target ≤ {TARGET_S:g} s: median {stats['median']:.2f} s, worst {stats['max']:.2f} s → "
-                  f"**{'met' if met else 'MISSED'}**")
+    for mode, trials in (("warm", warm), ("cold (baseline)", cold)):
+        if not trials:
+            continue
+        components[mode.split()[0]] = component_stats(trials)
+        md += [f"**{mode}**", "", trial_table(trials), ""]
+    if components:
+        md += ["Each component, median (max) over all trainers of all trials:", "",
+               table([{"component": c, **{f"{mode} s": f"{v[c]['median_over_sites_s']:.3f} ({v[c]['max_s']:.3f})"
+                                          for mode, v in components.items()}} for c in COMPONENTS],
+                     ["component"] + [f"{mode} s" for mode in components]),
+               "", "`all sites ready to compute`: when the last trainer logged `site ready` (PyTorch and data "
+               "loaded; a cold trainer polls its first task while PyTorch imports in a thread). Not part of the "
+               "target.", ""]
+    spare = rss_stats(rss)
+    if spare:
+        md.append(f"- Memory of a warm trainer: one idle spare per agent, RSS median {spare['VmRSS']['median']:.0f} MiB "
+                  f"(max {spare['VmRSS']['max']:.0f}), of which {spare['RssAnon']['median']:.0f} MiB private "
+                  "(RssAnon; the rest is PyTorch's shared libraries).")
+    if stats:
+        md.append(f"- Target ≤ {TARGET_S:g} s (warm): median {stats['median']:.2f} s, worst {stats['max']:.2f} s → "
+                  f"**{'met' if stats['median'] <= TARGET_S else 'MISSED'}**")
+    if stats and cold_stats:
+        md.append(f"- Cold baseline: median {cold_stats['median']:.2f} s, worst {cold_stats['max']:.2f} s; "
+                  f"cold / warm = {cold_stats['median'] / stats['median']:.1f}×")
     if error:
         md.append(f"- **failed**: {error}")
     md.append(f"\n({seconds:.0f} s for the whole benchmark.)")
     summary_md = "\n".join(md)
     print("\n" + summary_md)
-    write_result("job_start", {"nodes": opts.nodes, "trials": trials, "latency_s": stats, "components": components,
+    write_result("job_start", {"nodes": opts.nodes, "trials": warm, "latency_s": stats,
+                               "components": components.get("warm", {}), "spare_rss_mib": spare,
+                               "cold": {"trials": cold, "latency_s": cold_stats, "components": components.get("cold")},
                                "target_s": TARGET_S, "met": bool(stats and stats["median"] <= TARGET_S),
                                "error": error, "seconds": seconds, "summary_md": summary_md})
 

@@ -6,7 +6,13 @@
 
 Secrets come from the environment or from ``--token-file`` / ``--agent-key-file``; the
 agent refuses to start without both. It logs one line per event to stderr. SIGTERM or
-SIGINT stops every run (SIGTERM, then SIGKILL after ``--stop-grace``) and exits 0.
+SIGINT stops every run and the spare trainer (SIGTERM, then SIGKILL after
+``--stop-grace``) and exits 0.
+
+``--warm-trainers 1`` (the default; ``$FLPORTAL_WARM_TRAINERS`` sets the default) keeps
+one spare trainer with PyTorch loaded, so a run starts without the import
+(nodes/agent/spare.py). It costs the memory of one idle trainer: about 306 MiB RSS
+(213 MiB private) here, see nodes/agent/README.md. ``0`` spawns every trainer cold.
 """
 
 import argparse
@@ -27,6 +33,7 @@ from nodes.agent.server import AgentServer
 log = logging.getLogger("flportal.agent")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WARM_ENV = "FLPORTAL_WARM_TRAINERS"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,7 +52,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds between SIGTERM and SIGKILL when stopping a run (default 10)")
     parser.add_argument("--trainer-max-offline", type=float, default=300.0,
                         help="a trainer gives up after this many seconds without the portal (default 300)")
+    parser.add_argument("--warm-trainers", type=int, choices=(0, 1), default=_warm_default(),
+                        help=f"1: keep one spare trainer with PyTorch loaded; 0: cold starts only "
+                             f"(default {_warm_default()}, from ${WARM_ENV} or 1)")
     return parser.parse_args(argv)
+
+
+def _warm_default() -> int:
+    """``$FLPORTAL_WARM_TRAINERS`` when it is 0 or 1, else 1 (so a whole local stack can
+    be switched, as the job start benchmark does for its cold baseline)."""
+    return 0 if os.environ.get(WARM_ENV, "").strip() == "0" else 1
 
 
 def trainer_command(opts: argparse.Namespace):
@@ -55,6 +71,18 @@ def trainer_command(opts: argparse.Namespace):
     def command(run_id: str, job_id: int, dataset: str) -> list[str]:
         return [sys.executable, "-m", "nodes.agent.trainer", "--portal", opts.portal,
                 "--job", str(job_id), "--data-dir", data_dir, "--dataset", dataset,
+                "--parent-pid", str(agent_pid), "--max-offline", f"{opts.trainer_max_offline:g}"]
+
+    return command
+
+
+def spare_command(opts: argparse.Namespace):
+    """The SpareCommandFactory: a warm trainer's argv (the job comes later, on stdin)."""
+    data_dir, agent_pid = str(opts.data_dir.resolve()), os.getpid()
+
+    def command(ready_fd: int) -> list[str]:
+        return [sys.executable, "-m", "nodes.agent.trainer", "--spare", "--ready-fd", str(ready_fd),
+                "--portal", opts.portal, "--data-dir", data_dir,
                 "--parent-pid", str(agent_pid), "--max-offline", f"{opts.trainer_max_offline:g}"]
 
     return command
@@ -78,12 +106,13 @@ def read_secrets(opts: argparse.Namespace) -> tuple[str, str]:
 
 
 def serve(server: AgentServer, runs: RunManager, heartbeat: Heartbeat) -> int:
-    """Serve until SIGTERM/SIGINT, then stop the runs and exit 0."""
+    """Serve until SIGTERM/SIGINT, then stop the runs and the spare and exit 0."""
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopping.set())
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     heartbeat.start()
+    runs.replenish()  # the first spare trainer, if warm trainers are on
     host, port = server.server_address[:2]
     log.info("agent %s (version %s) listening on http://%s:%d", server.node_name, __version__, host, port)
     while not stopping.wait(1.0):
@@ -109,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if not opts.data_dir.is_dir():
         log.warning("data directory %s does not exist; no datasets to offer", opts.data_dir)
     runs = RunManager(runs_dir=opts.runs_dir, command=trainer_command(opts),
-                      env=trainer_env(token), stop_grace=opts.stop_grace)
+                      env=trainer_env(token), stop_grace=opts.stop_grace,
+                      spare_command=spare_command(opts) if opts.warm_trainers else None)
     try:
         server = AgentServer((opts.host, opts.port), agent_key=key, node_name=opts.name,
                              runs=runs, data_dir=opts.data_dir)

@@ -138,7 +138,8 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def health(self) -> tuple[int, dict]:
         runs = [run.as_dict() for run in self.server.runs.all()]
-        return 200, {"status": "ok", "node": self.server.node_name, "version": __version__, "runs": runs}
+        return 200, {"status": "ok", "node": self.server.node_name, "version": __version__, "runs": runs,
+                     "spare": self.server.runs.spare_status()}
 
     def start_run(self) -> tuple[int, dict]:
         body = self._read_json()

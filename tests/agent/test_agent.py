@@ -17,7 +17,7 @@ from tests.agent.conftest import (AGENT_KEY, NODE_TOKEN, group_alive, pid_alive,
                                   wait_for)
 from tests.agent.fakeportal import FakePortal
 
-RUN_KEYS = {"run_id", "job_id", "pid", "state", "returncode", "started_at", "ended_at"}
+RUN_KEYS = {"run_id", "job_id", "pid", "state", "returncode", "started_at", "ended_at", "warm"}
 
 
 @dataclass
@@ -70,6 +70,19 @@ def start_blocked_run(agent: Agent, job_id: int) -> dict:
     return run
 
 
+def spare_status(agent: Agent) -> dict:
+    return agent.call("GET", "/health")[1]["spare"]
+
+
+def wait_spare_ready(agent: Agent, *, other_than: int | None = None) -> int:
+    """Wait until the agent's spare trainer is ready (and is not ``other_than``); its pid."""
+    def ready():
+        spare = spare_status(agent)
+        return spare["state"] == "ready" and spare["pid"] != other_than and spare["pid"]
+
+    return wait_for(ready, timeout=120, what="the agent's spare trainer to be ready")
+
+
 def stop_agent(agent: Agent) -> None:
     if agent.process.poll() is None:
         agent.process.send_signal(signal.SIGTERM)
@@ -118,6 +131,7 @@ def test_health(agent):
     assert status == 200
     assert (answer["status"], answer["node"], answer["version"]) == ("ok", "site-1", __version__)
     assert isinstance(answer["runs"], list)
+    assert set(answer["spare"]) == {"state", "pid"} and answer["spare"]["state"] in ("none", "starting", "ready")
 
 
 @pytest.mark.parametrize("body,error", [
@@ -191,11 +205,53 @@ def test_a_new_start_after_the_run_exited_starts_a_new_run(agent):
     assert agent.call("POST", f"/runs/{second['run_id']}/stop")[1]["state"] == "exited"
 
 
-def test_killing_the_agent_makes_its_trainer_exit(site_data, python, tmp_path):
+def test_a_start_takes_the_ready_spare_and_a_new_spare_follows_the_run(agent):
+    pid = wait_spare_ready(agent)
+    run = start_blocked_run(agent, 45)
+    assert (run["pid"], run["warm"]) == (pid, True), "the run is the spare trainer"
+    assert spare_status(agent) == {"state": "none", "pid": None}, "no new spare while a run runs"
+    log = (agent.runs_dir / f"{run['run_id']}.log").read_text()
+    assert "trainer[spare]: warm" in log and "trainer[job 45]: job 45: assigned to this warm trainer" in log
+    assert not list(agent.runs_dir.glob("spare-*.log")), "the spare's log became the run's"
+    agent.call("POST", f"/runs/{run['run_id']}/stop")
+    assert not group_alive(pid)
+    wait_spare_ready(agent, other_than=pid)
+
+
+def test_a_dead_spare_is_not_handed_a_job(agent):
+    pid = wait_spare_ready(agent)
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+    wait_for(lambda: spare_status(agent)["pid"] != pid, timeout=10, what="the agent to notice")
+    run = start_blocked_run(agent, 46)
+    assert run["pid"] != pid and not run["warm"]
+    assert b"--job" in Path(f"/proc/{run['pid']}/cmdline").read_bytes(), "a cold trainer"
+    assert "died with status -9 before any assignment" in agent.stderr()
+    agent.call("POST", f"/runs/{run['run_id']}/stop")
+
+
+def test_killing_the_agent_makes_its_spare_exit(site_data, python, tmp_path):
     portal = FakePortal(token=NODE_TOKEN, block_tasks=True).start()
     agent = start_agent(python, site_data, tmp_path, portal)
     try:
+        pid = wait_spare_ready(agent)
+        agent.process.send_signal(signal.SIGKILL)
+        agent.process.wait(timeout=10)
+        wait_for(lambda: not pid_alive(pid), timeout=5, what="the orphaned spare to exit")
+        assert portal.task_polls == [], "the orphaned spare never asked for a task"
+    finally:
+        if pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        stop_agent(agent)
+
+
+def test_killing_the_agent_makes_its_trainer_exit(site_data, python, tmp_path):
+    """With warm trainers off: the cold path, health says so."""
+    portal = FakePortal(token=NODE_TOKEN, block_tasks=True).start()
+    agent = start_agent(python, site_data, tmp_path, portal, "--warm-trainers", "0")
+    try:
+        assert spare_status(agent) == {"state": "off", "pid": None}
         run = start_blocked_run(agent, 43)
+        assert not run["warm"] and b"--job" in Path(f"/proc/{run['pid']}/cmdline").read_bytes()
         agent.process.send_signal(signal.SIGKILL)
         agent.process.wait(timeout=10)
         wait_for(lambda: not pid_alive(run["pid"]), timeout=5, what="the orphaned trainer to exit")
@@ -217,6 +273,19 @@ def test_sigterm_stops_the_runs_and_exits_0(site_data, python, tmp_path):
     assert agent.process.wait(timeout=20) == 0
     assert not group_alive(run["pid"])
     assert "stopping" in agent.stderr() and "agent stopped" in agent.stderr()
+    portal.close()
+
+
+def test_sigterm_stops_the_spare_and_removes_its_log(site_data, python, tmp_path):
+    portal = FakePortal(token=NODE_TOKEN, block_tasks=True).start()
+    agent = start_agent(python, site_data, tmp_path, portal)
+    pid = wait_spare_ready(agent)
+    assert len(list(agent.runs_dir.glob("spare-*.log"))) == 1
+    agent.process.send_signal(signal.SIGTERM)
+    assert agent.process.wait(timeout=20) == 0
+    assert not group_alive(pid)
+    assert f"spare trainer pid {pid}: stopping" in agent.stderr()
+    assert list(agent.runs_dir.glob("spare-*.log")) == []
     portal.close()
 
 
