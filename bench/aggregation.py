@@ -1,15 +1,21 @@
 """FedAvg over N updates of P float32 parameters, read from safetensors files on disk as the
 portal's worker does (`jobs.services.rounds._aggregate_and_write`: load the global state,
-then for each update load it, add it, drop it), against, in the same run:
+then for each update load it, add it, drop it), in its two ways of summing float32 tensors
+(jobs/fl/strategies/fedavg.py): float64 sums, the portal's default ("ours"), and float32
+sums, ``FedAvg.float32_sums = True`` ("ours32"). Against, in the same run:
 
 - the memory-bandwidth floor: a raw PyTorch in-place weighted sum (``acc.add_(t, alpha=w)``
   then ``acc.div_(total)``) of the same tensors already in memory, with a float32
-  accumulator (the naive floor) and with a float64 one (the portal's precision);
+  accumulator (the floor the targets name) and with a float64 one (the default's
+  precision, summed the plain way: zeros, then each update cast through an L2-sized
+  buffer and added);
 - Flower 1.41's ``flwr.server.strategy.aggregate.aggregate`` on lists of numpy arrays
   loaded from the same files (``safetensors.numpy.load_file``, same pread reader), run
   under bench/.venv/bin/python.
 
-FedMedian and Krum (which keep every update) are reported from the same files.
+The float32 sums' error is measured against the exact mean (float64) and the bound that
+fedavg.py proves, gamma(N + 3). FedMedian and Krum (which keep every update) are reported
+from the same files.
 
 Every case runs in a fresh subprocess, single-threaded (numpy's element-wise ops are;
 torch gets one intra-op thread). Times are CPU seconds of that process (user + system,
@@ -22,7 +28,7 @@ warm-up) minus its VmRSS at that moment, so it counts everything the case alloca
 updates, accumulators, temporaries, the result, and (one column) the global state.
 Units: "models" = P * 4 bytes (one float32 model).
 
-Runs in about 2 to 3 minutes on an idle two-core machine (writing 2 GB of update files
+Runs in about 1.5 to 2 minutes on an idle two-core machine (writing 2 GB of update files
 is part of it); longer on a busy one.
 
     .venv/bin/python bench/aggregation.py [--sizes 1M,10M] [--ns 5,20,50] [--full]
@@ -118,6 +124,7 @@ def worker_stream(spec: dict) -> dict:
     from jobs.fl.strategies import get_strategy
 
     _threads()
+    _sums_dtype(spec.get("float32_sums", False))
     _warm_up(spec["strategy"], spec["strategy_params"])
     paths, counts = spec["updates"][:spec["n"]], spec["num_examples"][:spec["n"]]
     passes = []
@@ -163,6 +170,14 @@ def release_free_memory() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _sums_dtype(float32_sums: bool) -> None:
+    """``FedAvg.float32_sums`` for this process: False is the portal's default (float64
+    sums), True the float32 sums that fedavg.py offers (see its module docstring)."""
+    from jobs.fl.strategies import FedAvg
+
+    FedAvg.float32_sums = float32_sums
+
+
 def _threads() -> None:
     """One intra-op thread: numpy's element-wise ops (Flower) use one, and on a shared
     two-core machine a second OpenMP thread turns every descheduling into a stall."""
@@ -186,65 +201,94 @@ def _warm_up(strategy_name: str, params: dict) -> None:
 
 
 def worker_memory(spec: dict) -> dict:
-    """Data already in memory: the raw floors and the portal's FedAvg on the same tensors,
-    run a few times each, interleaved; the fastest of each."""
+    """Data already in memory: the raw floors and the portal's FedAvg (float64 sums, the
+    default; and float32 sums) on the same tensors, run a few times each, interleaved; the
+    fastest of each. Also the float32 sums' error against the exact mean (float64)."""
     import torch
 
     from jobs.fl.serialization import load_state_dict
-    from jobs.fl.strategies import get_strategy
 
     _threads()
     global_state = load_state_dict(spec["global"])
     updates = [load_state_dict(p) for p in spec["updates"][:spec["n"]]]
     counts = spec["num_examples"][:spec["n"]]
-    total = float(sum(counts))
-
-    def floor_f32():
-        """The naive float32 in-place weighted sum: what the hardware allows."""
-        acc = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in global_state.items()}
-        for update, count in zip(updates, counts):
-            for name, tensor in update.items():
-                acc[name].add_(tensor, alpha=count)
-        for tensor in acc.values():
-            tensor.div_(total)
-        return acc
-
-    def floor_f64():
-        """The same in float64, the portal's precision: each float32 slice cast into an
-        L2-sized buffer, then added (a plain ``acc64.add_(t32)`` first copies all of ``t32``
-        to float64, and is slower)."""
-        size = 1 << 18
-        buffer = torch.empty(size, dtype=torch.float64)
-        acc = {name: torch.zeros(t.numel(), dtype=torch.float64) for name, t in global_state.items()}
-        for update, count in zip(updates, counts):
-            for name, tensor in update.items():
-                flat, out = tensor.reshape(-1), acc[name]
-                for start in range(0, flat.numel(), size):
-                    part = buffer[:min(size, flat.numel() - start)]
-                    part.copy_(flat[start:start + size])
-                    out[start:start + size].add_(part, alpha=count)
-        return {name: (t / total).to(torch.float32).reshape(global_state[name].shape) for name, t in acc.items()}
-
-    def ours():
-        strategy = get_strategy("fedavg")(global_state, {})
-        for update, count in zip(updates, counts):
-            strategy.add(update, count)
-        return strategy.result()
-
-    cases = {"floor_f32": floor_f32, "floor_f64": floor_f64, "ours": ours}
+    cases = {"floor_f32": _floor_f32, "floor_f64": _floor_f64,
+             "ours": lambda *a: _ours(False, *a), "ours32": lambda *a: _ours(True, *a)}
     times, last = {name: [] for name in cases}, {}
     for _ in range(spec.get("repeats", 3)):  # the fastest run counts: the first one warms up
         for name, fn in cases.items():
             last.pop(name, None)
             t0 = clock()
-            out = fn()
+            out = fn(global_state, updates, counts)
             times[name].append(clock() - t0)
             last[name] = out
             del out
     reference, check = last["floor_f64"], last["ours"]
     max_err = max(float((check[n].double() - reference[n].double()).abs().max()) for n in reference)
     return {**{f"{name}_s": min(values) for name, values in times.items()},
-            "ours_vs_floor64_max_abs_diff": max_err}
+            "ours_vs_floor64_max_abs_diff": max_err,
+            "ours32_error_over_magnitude": _relative_error(last["ours32"], updates, counts)}
+
+
+def _floor_f32(global_state, updates, counts):
+    """The naive float32 in-place weighted sum: what the hardware allows."""
+    import torch
+
+    acc = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in global_state.items()}
+    for update, count in zip(updates, counts):
+        for name, tensor in update.items():
+            acc[name].add_(tensor, alpha=count)
+    for tensor in acc.values():
+        tensor.div_(float(sum(counts)))
+    return acc
+
+
+def _floor_f64(global_state, updates, counts):
+    """The same in float64 sums: each float32 slice cast into an L2-sized buffer, then
+    added (a plain ``acc64.add_(t32)`` first copies all of ``t32`` to float64, and is slower)."""
+    import torch
+
+    size, total = 1 << 18, float(sum(counts))
+    buffer = torch.empty(size, dtype=torch.float64)
+    acc = {name: torch.zeros(t.numel(), dtype=torch.float64) for name, t in global_state.items()}
+    for update, count in zip(updates, counts):
+        for name, tensor in update.items():
+            flat, out = tensor.reshape(-1), acc[name]
+            for start in range(0, flat.numel(), size):
+                part = buffer[:min(size, flat.numel() - start)]
+                part.copy_(flat[start:start + size])
+                out[start:start + size].add_(part, alpha=count)
+    return {name: (t / total).to(torch.float32).reshape(global_state[name].shape) for name, t in acc.items()}
+
+
+def _ours(float32_sums, global_state, updates, counts):
+    """The portal's FedAvg over the same tensors, with float32 or float64 sums."""
+    from jobs.fl.strategies import FedAvg
+
+    _sums_dtype(float32_sums)
+    strategy = FedAvg(global_state, {})
+    for update, count in zip(updates, counts):
+        strategy.add(update, count)
+    return strategy.result()
+
+
+def _relative_error(result, updates, counts) -> float:
+    """max over elements of |result - exact mean| / (sum_k w_k |t_k| / W), the exact mean
+    and magnitude computed in float64 (whose own error, ~N * 2**-53, is far below float32's):
+    the quantity fedavg.py bounds by gamma(N + 3), u = 2**-24, for float32 sums."""
+    import torch
+
+    total, worst = float(sum(counts)), 0.0
+    for name, out in result.items():
+        mean = torch.zeros(out.shape, dtype=torch.float64)
+        magnitude = torch.zeros(out.shape, dtype=torch.float64)
+        for update, count in zip(updates, counts):
+            value = update[name].double()
+            mean.add_(value, alpha=count)
+            magnitude.add_(value.abs_(), alpha=count)
+        error = (out.double() - mean / total).abs_().div_(magnitude.div_(total).clamp_(min=1e-300))
+        worst = max(worst, float(error.max()))
+    return worst
 
 
 def worker_flower(spec: dict) -> dict:
@@ -318,36 +362,7 @@ def run(sizes: list[str], ns: list[int], full: bool) -> dict:
             base_spec = {**files, "layout": layout(params), "strategy": "fedavg", "strategy_params": {},
                          "repeats": REPEATS[size]}
             for n in ns:
-                spec = {**base_spec, "n": n}
-                save = n == min(ns)  # check the two results agree on one case per size
-                ours = run_worker("stream", {**spec, "save": str(workdir / "ours.st") if save else ""})
-                flower = run_worker("flower", {**spec, "save": str(workdir / "flwr.st") if save else ""},
-                                    python=str(common.BENCH_PYTHON))
-                mem = run_worker("memory", spec)
-                if save:
-                    checks.append(_compare(workdir / "ours.st", workdir / "flwr.st", size, n))
-                row = {
-                    "P": size, "N": n,
-                    "ours_total_s": ours["total_s"], "ours_load_s": ours["load_s"], "ours_agg_s": ours["agg_s"],
-                    "flower_total_s": flower["total_s"], "flower_load_s": flower["load_s"],
-                    "flower_agg_s": flower["agg_s"],
-                    "floor_f32_s": mem["floor_f32_s"], "floor_f64_s": mem["floor_f64_s"],
-                    "ours_in_memory_s": mem["ours_s"],
-                    "ours_peak_models": ours["peak_over_global_bytes"] / model_bytes,
-                    "ours_peak_incl_global_models": ours["peak_bytes"] / model_bytes,
-                    "flower_peak_models": flower["peak_bytes"] / model_bytes,
-                    "flower_agg_peak_models": flower["agg_extra_bytes"] / model_bytes,
-                    "max_abs_diff_vs_f64_floor": mem["ours_vs_floor64_max_abs_diff"],
-                }
-                row["vs_floor_f32"] = row["ours_in_memory_s"] / row["floor_f32_s"]
-                row["vs_floor_f64"] = row["ours_in_memory_s"] / row["floor_f64_s"]
-                row["flower_over_ours_total"] = row["flower_total_s"] / row["ours_total_s"]
-                row["flower_over_ours_agg"] = row["flower_agg_s"] / row["ours_agg_s"]
-                rows.append(row)
-                print(f"[{size} N={n}] ours {row['ours_total_s']:.3f} s ({row['ours_peak_models']:.2f} models), "
-                      f"flower {row['flower_total_s']:.3f} s ({row['flower_peak_models']:.2f} models), "
-                      f"in memory {row['ours_in_memory_s']:.3f} s vs floor f32 {row['floor_f32_s']:.3f} s / "
-                      f"f64 {row['floor_f64_s']:.3f} s", flush=True)
+                rows.append(_fedavg_row(workdir, {**base_spec, "n": n}, size, save=n == min(ns), checks=checks))
             for strategy, (params, where) in ROBUST.items():
                 for n in (ns if full else [x for x in ns if x in where.get(size, [])]):
                     res = run_worker("stream", {**base_spec, "n": n, "strategy": strategy, "strategy_params": params,
@@ -363,14 +378,66 @@ def run(sizes: list[str], ns: list[int], full: bool) -> dict:
     return {"rows": rows, "robust": robust_rows, "checks": checks}
 
 
-def _compare(ours_path: Path, flower_path: Path, size: str, n: int) -> dict:
+def _fedavg_row(workdir: Path, spec: dict, size: str, save: bool, checks: list) -> dict:
+    """One (P, N) case: the portal's path with float64 sums (the default) and with float32
+    sums, Flower, and the in-memory floors; on one case per size (``save``) the results of
+    ours and Flower's are compared and the difference appended to ``checks``."""
+    model_bytes, n = SIZES[size] * 4, spec["n"]
+    ours = run_worker("stream", {**spec, "save": str(workdir / "ours.st") if save else ""})
+    ours32 = run_worker("stream", {**spec, "float32_sums": True, "save": str(workdir / "ours32.st") if save else ""})
+    flower = run_worker("flower", {**spec, "save": str(workdir / "flwr.st") if save else ""},
+                        python=str(common.BENCH_PYTHON))
+    mem = run_worker("memory", spec)
+    if save:
+        checks.append(_compare(workdir, size, n))
+    row = {"P": size, "N": n}
+    for key, res in (("ours", ours), ("ours32", ours32), ("flower", flower)):
+        row.update({f"{key}_total_s": res["total_s"], f"{key}_load_s": res["load_s"], f"{key}_agg_s": res["agg_s"]})
+    row.update({
+        "floor_f32_s": mem["floor_f32_s"], "floor_f64_s": mem["floor_f64_s"],
+        "ours_in_memory_s": mem["ours_s"], "ours32_in_memory_s": mem["ours32_s"],
+        "ours_peak_models": ours["peak_over_global_bytes"] / model_bytes,
+        "ours_peak_incl_global_models": ours["peak_bytes"] / model_bytes,
+        "ours32_peak_models": ours32["peak_over_global_bytes"] / model_bytes,
+        "ours32_peak_incl_global_models": ours32["peak_bytes"] / model_bytes,
+        "flower_peak_models": flower["peak_bytes"] / model_bytes,
+        "flower_agg_peak_models": flower["agg_extra_bytes"] / model_bytes,
+        "max_abs_diff_vs_f64_floor": mem["ours_vs_floor64_max_abs_diff"],
+        "ours32_rel_error": mem["ours32_error_over_magnitude"], "ours32_error_bound": gamma(n + 3),
+    })
+    row["vs_floor_f32"] = row["ours_in_memory_s"] / row["floor_f32_s"]
+    row["vs_floor_f64"] = row["ours_in_memory_s"] / row["floor_f64_s"]
+    row["ours32_vs_floor_f32"] = row["ours32_in_memory_s"] / row["floor_f32_s"]
+    row["flower_over_ours_total"] = row["flower_total_s"] / row["ours_total_s"]
+    row["flower_over_ours32_total"] = row["flower_total_s"] / row["ours32_total_s"]
+    print(f"[{size} N={n}] ours {row['ours_total_s']:.3f} s ({row['ours_peak_models']:.2f} models), "
+          f"float32 sums {row['ours32_total_s']:.3f} s ({row['ours32_peak_models']:.2f} models), "
+          f"flower {row['flower_total_s']:.3f} s ({row['flower_peak_models']:.2f} models); in memory "
+          f"{row['ours_in_memory_s']:.3f} / {row['ours32_in_memory_s']:.3f} s vs floor f32 {row['floor_f32_s']:.3f} s"
+          f" / f64 {row['floor_f64_s']:.3f} s", flush=True)
+    return row
+
+
+def gamma(n: int) -> float:
+    """Higham's gamma(n) = n u / (1 - n u) for float32 (u = 2**-24): fedavg.py's bound on
+    the float32 sums' error over the weighted mean magnitude, N updates -> gamma(N + 3)."""
+    u = 2.0 ** -24
+    return n * u / (1 - n * u)
+
+
+def _compare(workdir: Path, size: str, n: int) -> dict:
     from safetensors.torch import load_file
 
-    ours, flower = load_file(str(ours_path)), load_file(str(flower_path))
-    diff = max(float((ours[k].double() - flower[k].double()).abs().max()) for k in ours)
-    ours_path.unlink()
-    flower_path.unlink()
-    return {"P": size, "N": n, "max_abs_diff_ours_vs_flower": diff}
+    paths = {key: workdir / f"{key}.st" for key in ("ours", "ours32", "flwr")}
+    loaded = {key: load_file(str(path)) for key, path in paths.items()}
+    for path in paths.values():
+        path.unlink()
+
+    def diff(a, b):
+        return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+    return {"P": size, "N": n, "max_abs_diff_ours_vs_flower": diff(loaded["ours"], loaded["flwr"]),
+            "max_abs_diff_ours32_vs_flower": diff(loaded["ours32"], loaded["flwr"])}
 
 
 # --------------------------------------------------------------------------- report
@@ -378,58 +445,80 @@ def _compare(ours_path: Path, flower_path: Path, size: str, n: int) -> dict:
 TARGET_FLOOR, TARGET_FLOWER, TARGET_MEMORY = 1.5, 2.0, 3.0
 
 
+#: The two ways FedAvg can sum float32 tensors (jobs/fl/strategies/fedavg.py), as they
+#: appear in the rows: the default first.
+VARIANTS = {"ours": "float64 sums (the default)", "ours32": "float32 sums (`FedAvg.float32_sums = True`)"}
+
+
+def ok(flag: bool) -> str:
+    return "met" if flag else "MISSED"
+
+
 def verdicts(rows: list[dict]) -> list[str]:
-    worst_f32 = max(r["vs_floor_f32"] for r in rows)
-    worst_f64 = max(r["vs_floor_f64"] for r in rows)
-    least_flower = min(r["flower_over_ours_total"] for r in rows)
-    worst_mem = max(r["ours_peak_models"] for r in rows)
-    worst_mem_global = max(r["ours_peak_incl_global_models"] for r in rows)
-    over = [f"P={r['P']} N={r['N']}: {r['ours_peak_models']:.2f} models, "
-            f"{(r['ours_peak_models'] - TARGET_MEMORY) * SIZES[r['P']] * 4 / 2**20:.1f} MiB over"
-            for r in rows if r["ours_peak_models"] > TARGET_MEMORY]
-    short = [f"P={r['P']} N={r['N']}: {r['flower_over_ours_total']:.2f}×" for r in rows
-             if r["flower_over_ours_total"] < TARGET_FLOWER]
+    """One line per target and variant, saying met or MISSED with the numbers."""
+    lines = []
+    for key, label in VARIANTS.items():
+        floor = max(r[f"{key}_in_memory_s"] / r["floor_f32_s"] for r in rows)
+        floor64 = max(r[f"{key}_in_memory_s"] / r["floor_f64_s"] for r in rows)
+        lines.append(f"- {label}, data in memory ≤ {TARGET_FLOOR}× the raw float32 floor: worst {floor:.2f}× "
+                     f"({ok(floor <= TARGET_FLOOR)}; {floor64:.2f}× the float64 floor).")
+        flower = min(r[f"flower_over_{key}_total"] for r in rows)
+        short = [f"P={r['P']} N={r['N']}: {r[f'flower_over_{key}_total']:.2f}×" for r in rows
+                 if r[f"flower_over_{key}_total"] < TARGET_FLOWER]
+        lines.append(f"- {label}, total (load + aggregate) ≥ {TARGET_FLOWER}× faster than Flower: least "
+                     f"{flower:.2f}× ({ok(flower >= TARGET_FLOWER)}{'; short: ' + '; '.join(short) if short else ''}).")
+        lines.append(_memory_verdict(rows, key, label))
+    errors = [r["ours32_rel_error"] / r["ours32_error_bound"] for r in rows]
+    worst = max(rows, key=lambda r: r["ours32_rel_error"])
+    lines.append(f"- Float32 sums' precision: max error {worst['ours32_rel_error']:.2g} of the weighted mean "
+                 f"magnitude (P={worst['P']} N={worst['N']}); at most {max(errors):.3f} of the proven bound "
+                 f"γ(N + 3) = (N + 3)·2⁻²⁴ / (1 − (N + 3)·2⁻²⁴) "
+                 f"({'within' if max(errors) <= 1 else 'OVER'} it at every N).")
+    return lines
 
-    def ok(flag):
-        return "met" if flag else "MISSED"
 
-    return [
-        f"- Data in memory, ours ≤ {TARGET_FLOOR}× the raw floor: worst {worst_f32:.2f}× the float32 floor "
-        f"({ok(worst_f32 <= TARGET_FLOOR)}); worst {worst_f64:.2f}× the float64 floor, the portal's "
-        f"accumulator precision ({ok(worst_f64 <= TARGET_FLOOR)}).",
-        f"- Total (load + aggregate) ≥ {TARGET_FLOWER}× faster than Flower: least {least_flower:.2f}× "
-        f"({ok(least_flower >= TARGET_FLOWER)}{'; short: ' + '; '.join(short) if short else ''}).",
-        f"- Peak extra memory ≤ {TARGET_MEMORY:g} models at any N: worst {worst_mem:.2f} models above the "
-        f"global state the server holds ({ok(worst_mem <= TARGET_MEMORY)}"
-        f"{'; ' + '; '.join(over) if over else ''}); {worst_mem_global:.2f} models "
-        f"counting the global state as loaded by the round. Flower's grows with N: up to "
-        f"{max(r['flower_peak_models'] for r in rows):.1f} models.",
-    ]
+def _memory_verdict(rows: list[dict], key: str, label: str) -> str:
+    worst = max(r[f"{key}_peak_models"] for r in rows)
+    with_global = max(r[f"{key}_peak_incl_global_models"] for r in rows)
+    over = [f"P={r['P']} N={r['N']}: {(r[f'{key}_peak_models'] - TARGET_MEMORY) * SIZES[r['P']] * 4 / 2**20:.1f} "
+            f"MiB over" for r in rows if r[f"{key}_peak_models"] > TARGET_MEMORY]
+    return (f"- {label}, peak extra memory ≤ {TARGET_MEMORY:g} models at any N: worst {worst:.2f} models above "
+            f"the global state the server holds ({ok(worst <= TARGET_MEMORY)}{'; ' + '; '.join(over) if over else ''}"
+            f"); {with_global:.2f} counting the global state as loaded by the round. Flower's grows with N: up to "
+            f"{max(r['flower_peak_models'] for r in rows):.1f} models.")
 
 
 def summary_md(result: dict) -> str:
     rows = result["rows"]
-    main = common.table(rows, ["P", "N", "ours_total_s", "ours_load_s", "ours_agg_s", "flower_total_s",
-                               "flower_load_s", "flower_agg_s", "flower_over_ours_total", "ours_peak_models",
-                               "ours_peak_incl_global_models", "flower_peak_models"])
-    floor = common.table(rows, ["P", "N", "ours_in_memory_s", "floor_f32_s", "floor_f64_s", "vs_floor_f32",
-                                "vs_floor_f64", "max_abs_diff_vs_f64_floor"])
+    speed = common.table(rows, ["P", "N", "ours_total_s", "ours_load_s", "ours_agg_s", "ours32_total_s",
+                                "ours32_agg_s", "flower_total_s", "flower_load_s", "flower_agg_s",
+                                "flower_over_ours_total", "flower_over_ours32_total"])
+    memory = common.table(rows, ["P", "N", "ours_peak_models", "ours_peak_incl_global_models", "ours32_peak_models",
+                                 "ours32_peak_incl_global_models", "flower_peak_models"])
+    floor = common.table(rows, ["P", "N", "ours_in_memory_s", "ours32_in_memory_s", "floor_f32_s", "floor_f64_s",
+                                "vs_floor_f32", "vs_floor_f64", "ours32_vs_floor_f32", "max_abs_diff_vs_f64_floor",
+                                "ours32_rel_error", "ours32_error_bound"])
     robust = common.table(result["robust"], ["strategy", "P", "N", "total_s", "load_s", "agg_s", "peak_models"])
-    checks = "; ".join(f"P={c['P']} N={c['N']}: max |ours − Flower| = {c['max_abs_diff_ours_vs_flower']:.2g}"
-                       for c in result["checks"])
+    checks = "; ".join(f"P={c['P']} N={c['N']}: max |ours − Flower| = {c['max_abs_diff_ours_vs_flower']:.2g} "
+                       f"(float32 sums: {c['max_abs_diff_ours32_vs_flower']:.2g})" for c in result["checks"])
     return "\n".join([
         "FedAvg from safetensors files, the portal's path (load the global state, then load, add, drop "
         "each update; `result()`), vs Flower 1.41 `aggregate()` on numpy arrays loaded from the same files. "
+        "`ours`: the portal's default, float64 sums; `ours32`: float32 sums (`FedAvg.float32_sums = True`, "
+        "which fedavg.py offers but does not enable). "
         f"CPU seconds of the single-threaded case (user + system), fastest of {REPEATS['1M']} (P = 1M) or "
         f"{REPEATS['10M']} (10M) passes, each "
         "starting cold (`malloc_trim` between passes, so its allocations fault fresh pages in as a first "
-        "round would); the JSON also has wall times. One intra-op thread for both. Memory in models (P × 4 bytes): "
-        "peak RSS (VmHWM) above the RSS once the global state is loaded (`ours_peak_models`; the server "
-        "holds the global model in either system) or after imports (`ours_peak_incl_global_models`); "
-        "Flower's above its RSS after imports (its N loaded updates included).", "", main, "",
-        "Data already in memory: the portal's FedAvg (float64 accumulator) vs a raw in-place weighted sum "
-        "of the same tensors (`acc.add_(t, alpha=w)`; float32, and float64 through an L2-sized cast "
-        f"buffer), CPU seconds, fastest of as many runs.", "", floor, "",
+        "round would); the JSON also has wall times. One intra-op thread for both.", "", speed, "",
+        "Memory in models (P × 4 bytes): peak RSS (VmHWM) above the RSS once the global state is loaded "
+        "(`*_peak_models`; the server holds the global model in either system) or after imports "
+        "(`*_peak_incl_global_models`); Flower's above its RSS after imports (its N loaded updates included).",
+        "", memory, "",
+        "Data already in memory: the portal's FedAvg vs a raw in-place weighted sum of the same tensors "
+        "(`acc.add_(t, alpha=w)`; in float32, and in float64 through an L2-sized cast buffer, the default's "
+        "precision), CPU seconds, fastest of as many runs. `max_abs_diff_vs_f64_floor`: the default against the "
+        "float64 floor; `ours32_rel_error`: the float32 sums' largest error over the weighted mean magnitude "
+        "(Σ w·|t| / Σ w, exact mean in float64), against its bound `ours32_error_bound` = γ(N + 3).", "", floor, "",
         "Strategies that keep every update (same files, same load-add path, one pass; memory above the "
         "global state):", "", robust, "",
         f"Results agree: {checks}.", "", *verdicts(rows),

@@ -177,3 +177,36 @@ def test_registry_is_open_to_new_strategies(monkeypatch):
     assert get_strategy("keep_global_for_test") is KeepGlobal
     with pytest.raises(ValueError):
         register_strategy(type("Other", (Strategy,), {"name": "keep_global_for_test"}))
+
+
+def test_weighted_means_leave_the_sums_alone():
+    agg = FedAvg(global_state(), {})
+    agg.add(update(*U1), num_examples=1)
+    agg.add(update(*U2), num_examples=3)
+    first = agg.weighted_means()
+    assert all(t.dtype == torch.float64 for t in first.values())
+    assert torch.equal(first["b"], torch.tensor([3.25, 1.25], dtype=torch.float64))
+    first["b"].fill_(0)  # a returned view of the sums would change them
+    assert torch.equal(agg.weighted_means()["b"], torch.tensor([3.25, 1.25], dtype=torch.float64))
+    assert torch.equal(agg.result()["w"], torch.tensor([[2.5, 5.0], [0.75, 7.0]]))
+
+
+def test_first_update_may_be_non_contiguous_and_is_copied():
+    first = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).t()  # a transposed view
+    agg = FedAvg({"w": torch.zeros(2, 2)}, {})
+    agg.add({"w": first}, 2)
+    first.fill_(1000.0)  # the sums must not share its memory
+    agg.add({"w": torch.ones(2, 2)}, 2)
+    assert torch.equal(agg.result()["w"], torch.tensor([[1.0, 2.0], [1.5, 2.5]]))
+
+
+def test_fedavg_reads_only_names_shapes_and_dtypes_of_the_global_state():
+    """So a caller may build it from the global file's header (meta tensors, no data)."""
+    meta = {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for name, t in global_state().items()}
+    agg = FedAvg(meta, {})
+    agg.add(update(*U1), num_examples=1)
+    agg.add(update(*U2), num_examples=3)
+    out = agg.result()
+    assert all(t.device.type == "cpu" for t in out.values())
+    assert torch.equal(out["w"], torch.tensor([[2.5, 5.0], [0.75, 7.0]]))
+    assert out["count"].item() == 18 and out["count"].dtype == torch.int64
