@@ -70,6 +70,12 @@ with transaction.atomic():
     Job.objects.bulk_update([v.job for v in finals], ["final_model"], batch_size=2000)
     JobEvent.objects.bulk_create([JobEvent(job=j, kind="created", message=f"created by {{owner}}", actor=owner)
                                   for j in jobs], batch_size=2000)
+    # a running job has a round in flight (else the watchdog fails it, mid-measurement)
+    running = [j for j in jobs if j.status == "running"]
+    starts = ModelVersion.objects.bulk_create([ModelVersion(job=j, round=2, path=f"jobs/{{j.pk}}/m2", sha256="0" * 64,
+                                                            bytes=376) for j in running], batch_size=2000)
+    Round.objects.bulk_create([Round(job=v.job, number=3, status="open", target_updates=1, model_version=v,
+                                     deadline=now + timedelta(days=1)) for v in starts], batch_size=2000)
 
 
 def make_job(owner, name, rounds):
@@ -116,9 +122,13 @@ with transaction.atomic():
     small = make_job(owner, "small", 2)
     big = make_job(owner, "big", ROUNDS)
     few = get_user_model().objects.create_user(username="few")
-    Job.objects.bulk_create([Job(owner=few, name=f"few {{s}}", status=s, current_round=3, **spec)
-                             for s in ("succeeded", "running", "failed")])
+    few_jobs = Job.objects.bulk_create([Job(owner=few, name=f"few {{s}}", status=s, current_round=3, **spec)
+                                        for s in ("succeeded", "running", "failed")])
+    start = ModelVersion.objects.create(job=few_jobs[1], round=2, path="m2", sha256="0" * 64, bytes=376)
+    Round.objects.create(job=few_jobs[1], number=3, status="open", target_updates=1, model_version=start,
+                         deadline=now + timedelta(days=1))
 print("BIG " + json.dumps({{"job": big.pk, "small_job": small.pk, "jobs": Job.objects.filter(owner=owner).count(),
+                           "running": Job.objects.filter(status="running").count(),
                            "rounds": big.rounds_set.count(), "metrics": MetricPoint.objects.filter(job=big).count(),
                            "events": JobEvent.objects.filter(job=big).count()}}))
 """
@@ -146,7 +156,10 @@ def cost(what, username, url):
     return len(captured)
 
 
+from jobs.models import Job
+
 print("COUNTS " + json.dumps([[cost(*request) if request else None for request in pair] for pair in {pairs!r}]))
+print("RUNNING " + str(Job.objects.filter(status="running").count()))
 """
 
 
@@ -210,17 +223,19 @@ async def measure(bench: BenchStack, jobs: int, requests: int, profile: str | No
                 print(common.table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
     finally:
         profiler.stop()
-    _add_query_counts(bench, rows, requests_made)
+    data["running_after"] = _add_query_counts(bench, rows, requests_made)
     return rows, data
 
 
-def _add_query_counts(bench: BenchStack, rows: list[dict], requests_made: list) -> None:
-    """Each row's query count, and its small world twin's, from one `manage.py shell`."""
+def _add_query_counts(bench: BenchStack, rows: list[dict], requests_made: list) -> int:
+    """Each row's query count, and its small world twin's, from one `manage.py shell`;
+    returns how many jobs are running now (the world must not have changed)."""
     pairs = [((what, bench.username, url), (what, *twin) if twin else None) for what, url, twin in requests_made]
     out = bench.stack.manage("shell", "-c", COUNT.format(pairs=pairs))
     counts = json.loads(next(line for line in out.splitlines() if line.startswith("COUNTS "))[7:])
     for row, (big, small) in zip(rows, counts):
         row["queries"], row["small_world_queries"] = big, small
+    return int(next(line for line in out.splitlines() if line.startswith("RUNNING "))[8:])
 
 
 async def _time(client, mode: str, url: str, headers: dict, requests: int, budget_s: float = 6.0) -> dict:
@@ -276,15 +291,18 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["production", "embedded"], choices=["production", "embedded"])
     parser.add_argument("--profile", metavar="DIR", help="py-spy the portal into DIR")
     opts = parser.parse_args()
-    rows, data = [], {}
+    rows, data, unchanged = [], {}, {}
     for mode in opts.modes:
         print(f"--- {mode} ---", flush=True)
         with BenchStack(mode, "queries", redis_db=14) as bench:
             mode_rows, data = asyncio.run(measure(bench, opts.jobs, opts.requests, opts.profile))
             rows += mode_rows
+            unchanged[mode] = (data["running"], data["running_after"])
     held, test_line = query_count_test()
     md = common.table(rows, COLUMNS)
     lines = summary_lines(rows, held, test_line)
+    lines.insert(1, "- the data did not change while measured (running jobs before → after: " + ", ".join(
+        f"{mode} {a} → {b}" for mode, (a, b) in unchanged.items()) + f"): **{'yes' if all(a == b for a, b in unchanged.values()) else 'NO'}**")
     print("\n" + md + "\n\n" + "\n".join(lines))
     common.write_result("queries", {
         "data": data, "requests": opts.requests, "rows": rows, "query_count_test": {"passed": held, "result": test_line},
