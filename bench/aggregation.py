@@ -491,7 +491,7 @@ def _memory_verdict(rows: list[dict], key: str, label: str) -> str:
 def summary_md(result: dict) -> str:
     rows = result["rows"]
     speed = common.table(rows, ["P", "N", "ours_total_s", "ours_load_s", "ours_agg_s", "ours32_total_s",
-                                "ours32_agg_s", "flower_total_s", "flower_load_s", "flower_agg_s",
+                                "ours32_load_s", "ours32_agg_s", "flower_total_s", "flower_load_s", "flower_agg_s",
                                 "flower_over_ours_total", "flower_over_ours32_total"])
     memory = common.table(rows, ["P", "N", "ours_peak_models", "ours_peak_incl_global_models", "ours32_peak_models",
                                  "ours32_peak_incl_global_models", "flower_peak_models"])
