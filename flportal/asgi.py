@@ -1,5 +1,6 @@
-"""ASGI entry point: Django for HTTP (behind a body-size guard for the FL API), Channels
-for websockets (session auth, origin checked)."""
+"""ASGI entry point: Django for HTTP (the node-facing FL API through its own handler,
+without the browser middleware, behind a body-size guard), Channels for websockets
+(session auth, origin checked)."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -13,9 +14,19 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from flportal.body_limit import BodyLimit  # noqa: E402
+from flportal.node_api import NodeApiHandler  # noqa: E402
 from jobs.routing import websocket_urlpatterns  # noqa: E402
 
+NODE_API = "/api/v1/fl/"
+node_api = BodyLimit(NodeApiHandler(), prefix=NODE_API, limit=settings.FLPORTAL_MAX_UPDATE_BYTES)
+
+
+async def http(scope, receive, send):
+    app = node_api if scope["path"].startswith(NODE_API) else django_asgi
+    return await app(scope, receive, send)
+
+
 application = ProtocolTypeRouter({
-    "http": BodyLimit(django_asgi, prefix="/api/v1/fl/", limit=settings.FLPORTAL_MAX_UPDATE_BYTES),
+    "http": http,
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })

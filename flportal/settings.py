@@ -17,6 +17,10 @@ def _env_bool(name: str, default: bool = False) -> bool:
     return os.environ.get(name, "1" if default else "0").lower() in ("1", "true", "yes", "on")
 
 
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
 def _secret_key() -> str:
     """FLPORTAL_SECRET_KEY, else one generated once and kept in the data dir, so agent
     keys (derived from it) survive restarts of an embedded portal."""
@@ -50,8 +54,13 @@ def _database(url: str | None) -> dict:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": 0,  # ASGI: request threads do not outlive a request
-        "CONN_HEALTH_CHECKS": True,
+        # ASGI request threads do not outlive a request, so connections come from a pool
+        # per process (psycopg_pool) instead of persistent ones: a request or a Celery task
+        # borrows one and gives it back, and no request pays for a new PostgreSQL backend
+        # (measured: connecting was 13 % of the portal's time in a round, bench/round_overhead.py).
+        # max_size bounds what one process can hold of PostgreSQL's max_connections.
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {"pool": {"min_size": 2, "max_size": _env_int("FLPORTAL_DB_POOL_SIZE", 16), "timeout": 30}},
     }
 
 
@@ -152,17 +161,28 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 if EMBEDDED:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "flportal.channel_layer.EmbeddedChannelLayer"}}
+    # group_expiry: the in-memory layer drops a group membership after a day by default,
+    # and the task long polls' listener (jobs/long_poll.py) stays in a job's group.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "flportal.channel_layer.EmbeddedChannelLayer",
+                                  "CONFIG": {"group_expiry": 10**9}}}
 else:
+    # Redis Pub/Sub: one PUBLISH per event reaches every process, and each process fans
+    # it out to its own consumers (channels_redis's list-based layer pops one message per
+    # consumer: 50 Redis round trips for 50 watchers of a job). Live events are
+    # at-most-once either way; pages render their history from the database.
+    # Pub/Sub ignores Redis's database numbers, so the prefix carries it: two portals
+    # on one Redis (different dbs) must not hear each other.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"flportal.db{urlparse(REDIS_URL).path.lstrip('/') or 0}."},
         }
     }
 
 # Federated-learning limits and timings.
 FLPORTAL_MAX_UPDATE_BYTES = int(os.environ.get("FLPORTAL_MAX_UPDATE_BYTES", str(256 * 1024 * 1024)))
+# A model version up to this size travels inside the task, base64 (no download request).
+FLPORTAL_INLINE_MODEL_BYTES = _env_int("FLPORTAL_INLINE_MODEL_BYTES", 256 * 1024)
 FLPORTAL_HEARTBEAT_INTERVAL_S = float(os.environ.get("FLPORTAL_HEARTBEAT_INTERVAL_S", "5"))
 FLPORTAL_NODE_OFFLINE_AFTER_S = float(os.environ.get("FLPORTAL_NODE_OFFLINE_AFTER_S", "15"))
 FLPORTAL_TASK_LONG_POLL_MAX_S = 25.0

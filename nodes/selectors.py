@@ -7,7 +7,7 @@ def node_for_token(token: str) -> Node | None:
     parts = split_token(token)
     if parts is None:
         return None
-    node = Node.objects.filter(token_key_id=parts[0]).first()
+    node = next(iter(Node.objects.filter(token_key_id=parts[0]).order_by()[:1]), None)  # a unique key: no ORDER BY
     if node is None or not secret_matches(parts[1], node.token_hash):
         return None
     return node
