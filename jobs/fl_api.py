@@ -2,13 +2,13 @@
 parse, call one service, answer JSON. Domain errors become JSON errors here."""
 import asyncio
 import functools
+import hashlib
 import json
 import math
 import os
 import time
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import FileResponse, JsonResponse
@@ -16,12 +16,14 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from flportal.errors import DomainError, NotFound, error_response
+from jobs import long_poll
 from jobs.exceptions import InvalidUpdateError, UpdateTooLarge
 from jobs.fl.serialization import InvalidUpdate, validate_update_file
 from jobs.models import ModelVersion
 from jobs.services import artifacts
-from jobs.services.updates import (check_num_examples, clean_cross_site_results, clean_metrics, cross_site_model,
-                                   cross_site_submit, logs_append, submission_round, task_for_node, update_submit)
+from jobs.services.node_tasks import task_for_node
+from jobs.services.updates import (check_evaluation, check_num_examples, clean_cross_site_results, clean_metrics,
+                                   cross_site_model, cross_site_submit, logs_append, submission_round, update_submit)
 from nodes.auth import async_node_required, node_required
 from nodes.services import node_heartbeat
 
@@ -77,41 +79,44 @@ def _task_releasing_connection(job_id: int, node) -> dict:
             connection.close()
 
 
+#: A waiting poll reads its task again this often even if no wake-up came (live events
+#: are at-most-once); every change of a node's task sends one (jobs/events.py).
+RECHECK_S = 5.0
+
+
 @require_GET
 @async_node_required
 async def task(request, job_id: int):
-    """Long poll: answers at once unless the task is `wait`; then waits (woken through
-    the channel layer when a round opens or the job ends, re-checking at least every
-    second) up to `wait` seconds."""
+    """Long poll: answers at once unless the task is `wait`; then waits up to `wait`
+    seconds for a wake-up of the job (jobs/long_poll.py). The wake-up of a round that
+    opened carries its task, answered without a query to nodes selected for it; any
+    other wake-up, or RECHECK_S without one, reads the task again."""
     try:
         wait = float(request.GET.get("wait", 0))
     except ValueError:
         wait = math.nan
     if not math.isfinite(wait):
         return error_response(InvalidUpdateError("wait: must be a finite number of seconds"))
-    wait = min(max(wait, 0.0), settings.FLPORTAL_TASK_LONG_POLL_MAX_S)
-    deadline = time.monotonic() + wait
-    layer, channel, group = get_channel_layer(), None, f"fl-job-{job_id}"
+    deadline = time.monotonic() + min(max(wait, 0.0), settings.FLPORTAL_TASK_LONG_POLL_MAX_S)
+    read_task = sync_to_async(_task_releasing_connection)
     try:
-        while True:
-            try:
-                answer = await sync_to_async(_task_releasing_connection)(job_id, request.node)
-            except DomainError as exc:
-                return error_response(exc)
-            remaining = deadline - time.monotonic()
-            if answer["action"] != "wait" or remaining <= 0:
-                return JsonResponse(answer)
-            if channel is None:  # subscribe, then check once more so no wake-up is missed
-                channel = await layer.new_channel()
-                await layer.group_add(group, channel)
-                continue
-            try:
-                await asyncio.wait_for(layer.receive(channel), timeout=min(1.0, remaining))
-            except asyncio.TimeoutError:
-                pass
-    finally:
-        if channel is not None:
-            await layer.group_discard(group, channel)
+        async with long_poll.listener().inbox(job_id) as inbox:  # first, so no wake-up after the read is missed
+            answer = await read_task(job_id, request.node)
+            while answer["action"] == "wait" and (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    event = await asyncio.wait_for(inbox.get(), timeout=min(RECHECK_S, remaining))
+                except asyncio.TimeoutError:
+                    event = {}
+                answer = _task_from_wake(event, request.node.pk) or await read_task(job_id, request.node)
+    except DomainError as exc:
+        return error_response(exc)
+    return JsonResponse(answer)
+
+
+def _task_from_wake(event: dict, node_id: int) -> dict | None:
+    """The task a round-open wake-up carries, if this node is selected for the round."""
+    task = event.get("task")
+    return task if task is not None and node_id in event.get("nodes", ()) else None
 
 
 @require_GET
@@ -136,22 +141,25 @@ def _file_response(path: str, sha256: str, size: int) -> FileResponse:
 @node_required
 @domain_errors
 def update_upload(request, round_id: int):
-    """Weights of a train round. Checked before the body is read: round, selection,
-    duplicate, size; then the body is streamed to a file and its tensors validated
-    against the round's model before anything is recorded."""
+    """Weights of a train round (with the evaluation of the model it started from, when
+    the round evaluates first). Checked before the body is read: round, selection,
+    duplicate, headers, size; then the body is streamed to a file and its tensors
+    validated against the round's model before anything is recorded."""
     rnd, existing = submission_round(round_id=round_id, node=request.node, kind="train")
     if existing is not None:
         return _accepted(existing, created=False)
     num_examples, metrics = _update_headers(request)
+    evaluation = _evaluation_headers(request)
+    check_evaluation(rnd, evaluation)
     _check_length(request)
-    tmp = _receive_body(request, rnd.job_id)
+    tmp, sha256 = _receive_body(request, rnd.job_id)
     try:
         try:
             validate_update_file(tmp, artifacts.tensor_spec_of(rnd.model_version))
         except InvalidUpdate as exc:
             raise InvalidUpdateError(str(exc)) from exc
-        update, created = update_submit(round_id=round_id, node=request.node, upload=tmp,
-                                        num_examples=num_examples, metrics=metrics)
+        update, created = update_submit(round_id=round_id, node=request.node, upload=tmp, upload_sha256=sha256,
+                                        num_examples=num_examples, metrics=metrics, evaluation=evaluation)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -168,6 +176,21 @@ def _update_headers(request) -> tuple[int, dict]:
     return num_examples, clean_metrics(metrics)
 
 
+def _evaluation_headers(request) -> tuple[int, dict] | None:
+    """(num_examples, metrics) from X-Eval-Examples / X-Eval-Metrics, or None if absent."""
+    sent = [name for name in ("X-Eval-Examples", "X-Eval-Metrics") if name in request.headers]
+    if not sent:
+        return None
+    try:
+        num_examples = int(request.headers["X-Eval-Examples"])
+        metrics = json.loads(request.headers["X-Eval-Metrics"])
+    except (KeyError, ValueError) as exc:
+        raise InvalidUpdateError("an evaluation needs X-Eval-Examples (an integer) and X-Eval-Metrics "
+                                 f"(a JSON object); got {', '.join(sent)}") from exc
+    check_num_examples(num_examples, "X-Eval-Examples")
+    return num_examples, clean_metrics(metrics, "X-Eval-Metrics")
+
+
 def _check_length(request) -> None:
     try:
         length = int(request.headers.get("Content-Length") or 0)
@@ -177,9 +200,10 @@ def _check_length(request) -> None:
         raise UpdateTooLarge(f"update of {length} bytes exceeds the limit of {settings.FLPORTAL_MAX_UPDATE_BYTES}")
 
 
-def _receive_body(request, job_id: int) -> str:
-    """Stream the body to a temporary file, refusing it once past the limit."""
-    limit, size = settings.FLPORTAL_MAX_UPDATE_BYTES, 0
+def _receive_body(request, job_id: int) -> tuple[str, str]:
+    """Stream the body to a temporary file, refusing it once past the limit; returns
+    the file's path and the body's sha256 (hashed on the way, not read again)."""
+    limit, size, digest = settings.FLPORTAL_MAX_UPDATE_BYTES, 0, hashlib.sha256()
     with artifacts.upload_tempfile(job_id) as out:
         try:
             while chunk := request.read(CHUNK):
@@ -187,11 +211,12 @@ def _receive_body(request, job_id: int) -> str:
                 if size > limit:
                     raise UpdateTooLarge(f"update exceeds the limit of {limit} bytes")
                 out.write(chunk)
+                digest.update(chunk)
         except BaseException:
             out.close()
             os.unlink(out.name)
             raise
-    return out.name
+    return out.name, digest.hexdigest()
 
 
 def _accepted(update, *, created: bool) -> JsonResponse:

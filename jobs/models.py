@@ -77,7 +77,6 @@ class JobNode(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.SELECTED)
     status_reason = models.TextField(blank=True)
     agent_run_id = models.CharField(max_length=64, blank=True)
-    last_activity_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "node"], name="uniq_job_node")]
@@ -125,6 +124,11 @@ class Round(models.Model):
     selected = models.ManyToManyField(Node, related_name="+")
     dropped = models.ManyToManyField(Node, related_name="+", blank=True)
     target_updates = models.PositiveIntegerField()
+    # A train round whose nodes first evaluate the model they receive (the result of
+    # round number - 1) and send those metrics with their update: the federated
+    # evaluation of every round but the last rides on the next round's exchange
+    # (docs/PROTOCOL.md).
+    evaluate_first = models.BooleanField(default=False)
     deadline = models.DateTimeField()
     opened_at = models.DateTimeField(auto_now_add=True)
     aggregating_at = models.DateTimeField(null=True, blank=True)

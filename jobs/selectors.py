@@ -49,11 +49,15 @@ def _node_names():
 def rounds_with_metrics(job: Job, rounds) -> list[Round]:
     """`rounds` (a page of `job_rounds`) as a list, each with `aggregate`: {name: value}
     of the job's aggregate metrics of its number and of the phase of its kind (train:
-    fit, evaluate: eval; none for a cross-site round). One query for the whole page."""
+    fit, evaluate: eval; none for a cross-site round), and `evaluation`: for a train
+    round, the eval aggregate of the model it produced. One query for the whole page."""
     rounds = list(rounds)
     aggregates = _aggregate_metrics_by_round(job, {rnd.number for rnd in rounds}) if rounds else {}
     for rnd in rounds:
         rnd.aggregate = aggregates.get((rnd.number, PHASE_OF_KIND.get(rnd.kind)), {})
+        # a train round's model is evaluated on the way into the next round (or in the
+        # last evaluate round): that evaluation, once it is in
+        rnd.evaluation = aggregates.get((rnd.number, MetricPoint.Phase.EVAL), {}) if rnd.kind == Round.Kind.TRAIN else {}
     return rounds
 
 
@@ -139,11 +143,15 @@ def job_page(job: Job, *, last_rounds: int, last_events: int, metric_names: Iter
     values = {phase: {name: dict(pairs) for name, pairs in by_name.items()} for phase, by_name in series.items()}
     rounds = _last_round_summaries(job, last_rounds)
     for rnd in rounds:
-        by_name = values.get(PHASE_OF_KIND.get(rnd.kind), {})
-        rnd.aggregate = {name: by_round[rnd.number] for name, by_round in by_name.items() if rnd.number in by_round}
+        rnd.aggregate = _at_round(values.get(PHASE_OF_KIND.get(rnd.kind), {}), rnd.number)
+        rnd.evaluation = _at_round(values.get(MetricPoint.Phase.EVAL, {}), rnd.number) if rnd.kind == Round.Kind.TRAIN else {}
     return JobPage(nodes=list(job.job_nodes.select_related("node")), rounds=rounds,
                    rounds_total=job.rounds_set.count(), series=series,
                    events=job_events_latest(job, limit=last_events))
+
+
+def _at_round(by_name: dict[str, dict[int, float]], number: int) -> dict[str, float]:
+    return {name: by_round[number] for name, by_round in by_name.items() if number in by_round}
 
 
 def _last_round_summaries(job: Job, last: int) -> list[Round]:

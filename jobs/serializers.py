@@ -44,12 +44,13 @@ class RoundSerializer(serializers.ModelSerializer):
     model_version = serializers.IntegerField(source="model_version.round")
     result_version = ModelVersionSerializer(allow_null=True)
     metrics = serializers.DictField(source="aggregate")
+    evaluation = serializers.DictField()
 
     class Meta:
         model = Round
         fields = ["id", "number", "kind", "status", "status_reason", "model_version", "result_version", "selected",
-                  "dropped", "target_updates", "deadline", "opened_at", "aggregating_at", "closed_at", "updates",
-                  "metrics"]
+                  "dropped", "target_updates", "evaluate_first", "deadline", "opened_at", "aggregating_at",
+                  "closed_at", "updates", "metrics", "evaluation"]
 
     def get_selected(self, rnd):
         return sorted(n.name for n in rnd.selected.all())

@@ -20,12 +20,6 @@ def job_start_task(job_id: int) -> None:
 
 
 @shared_task(acks_late=True, time_limit=1800)
-def round_maybe_close_task(round_id: int) -> None:
-    if round_services.round_maybe_close(round_id=round_id):
-        round_services.round_close(round_id=round_id)
-
-
-@shared_task(acks_late=True, time_limit=1800)
 def round_deadline_task(round_id: int) -> None:
     if round_services.round_deadline(round_id=round_id):
         round_services.round_close(round_id=round_id)
@@ -33,6 +27,8 @@ def round_deadline_task(round_id: int) -> None:
 
 @shared_task(acks_late=True, time_limit=1800)
 def round_close_task(round_id: int) -> None:
+    """Aggregate a round that moved to aggregating (its last result came in, or its
+    deadline passed, or the watchdog re-drives it)."""
     round_services.round_close(round_id=round_id)
 
 

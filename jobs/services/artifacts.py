@@ -1,6 +1,7 @@
 """Where model versions and updates are stored: files under ARTIFACT_ROOT, written to a
 temporary name and renamed, so a reader never sees half a file."""
 import asyncio
+import base64
 import functools
 import os
 import tempfile
@@ -71,12 +72,21 @@ def write_server_state(job_id: int, round_number: int, state: dict) -> str:
     return _relative(final)
 
 
-def keep_update(job_id: int, round_number: int, kind: str, node_name: str, tmp_path: Path) -> tuple[str, str, int]:
-    """Move a validated upload into place; returns (relative path, sha256, bytes)."""
+def keep_update(job_id: int, round_number: int, kind: str, node_name: str, tmp_path: Path,
+                sha256: str | None = None) -> tuple[str, str, int]:
+    """Move a validated upload into place; returns (relative path, sha256, bytes).
+    `sha256`: the upload's digest if the caller computed it while receiving it."""
     final = job_dir(job_id) / f"update-r{round_number:05d}-{kind}-{node_name}.safetensors"
-    digest = file_sha256(tmp_path)
+    digest = sha256 or file_sha256(tmp_path)
     os.replace(tmp_path, final)
     return _relative(final), digest, final.stat().st_size
+
+
+@functools.lru_cache(maxsize=16)
+def inline_base64(relative: str, sha256: str) -> str:
+    """A small artifact's bytes as base64 text, cached (versions never change; the
+    digest is part of the key)."""
+    return base64.b64encode(absolute(relative).read_bytes()).decode("ascii")
 
 
 def tensor_spec_of(version) -> dict:

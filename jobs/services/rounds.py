@@ -13,6 +13,7 @@ from jobs.fl.strategies import get_strategy
 from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round
 from jobs.services import artifacts
 from jobs.services.jobs import _model_version_create, job_event_record, job_fail, job_succeed
+from jobs.services.node_tasks import round_task
 from jobs.services.transitions import round_transition
 from nodes.models import Node
 
@@ -23,9 +24,12 @@ class RoundCannotOpen(Exception):
     """Too few nodes are available to run a round under the job's policy."""
 
 
-def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion) -> Round:
+def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion,
+               evaluate_first: bool = False) -> Round:
     """Open a round on the job's available nodes (online, enabled, not failed), sampled
-    to `clients_per_round` with the job's seed. Schedules the deadline check on commit.
+    to `clients_per_round` with the job's seed; `evaluate_first` (train rounds): the
+    nodes evaluate the model they receive before training. Hands the round's task to
+    the waiting trainers and schedules the deadline check, on commit.
     Raises RoundCannotOpen when fewer than `clients_required` nodes are available."""
     from jobs.tasks import round_deadline_task
 
@@ -36,14 +40,15 @@ def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion)
                               f"clients_required is {required}")
     target = len(selected) if job.buffer_size == -1 or kind != Round.Kind.TRAIN else min(job.buffer_size, len(selected))
     rnd = Round.objects.create(job=job, number=number, kind=kind, model_version=model_version,
-                               target_updates=target, deadline=timezone.now() + timedelta(seconds=job.round_timeout_s))
+                               target_updates=target, evaluate_first=evaluate_first and kind == Round.Kind.TRAIN,
+                               deadline=timezone.now() + timedelta(seconds=job.round_timeout_s))
     rnd.selected.set(selected)
     if job.current_round != number:
         job.current_round = number
         job.save(update_fields=["current_round"])
     job_event_record(job=job, kind="round_open", message=f"round {number} ({kind}) open on "
                      f"{', '.join(sorted(n.name for n in selected))}", data={"round": number, "kind": kind})
-    events.trainers_wake(job.pk)
+    events.round_task_ready(job.pk, round_task(job, rnd), [n.pk for n in selected])
     round_deadline_task.apply_async_on_commit((rnd.pk,), countdown=job.round_timeout_s)
     return rnd
 
@@ -56,13 +61,17 @@ def _select_nodes(job: Job, number: int) -> list[Node]:
     return available
 
 
-def round_maybe_close(*, round_id: int) -> bool:
-    """open → aggregating once `target_updates` updates are in. True if it moved."""
-    with transaction.atomic():
-        rnd = Round.objects.select_for_update().filter(pk=round_id, status=Round.Status.OPEN).first()
-        if rnd is None or rnd.updates.count() < rnd.target_updates:
-            return False
-        _start_aggregating(rnd)
+def round_close_when_complete(rnd: Round) -> bool:
+    """Called under the round's lock after a result was accepted: once `target_updates`
+    results are in, open → aggregating, and the round's close is queued on commit (in
+    the same transaction as the last result, so no extra task runs per update).
+    True if it moved."""
+    from jobs.tasks import round_close_task
+
+    if rnd.status != Round.Status.OPEN or rnd.updates.count() < rnd.target_updates:
+        return False
+    _start_aggregating(rnd)
+    round_close_task.delay_on_commit(rnd.pk)
     return True
 
 
@@ -123,7 +132,7 @@ def round_close(*, round_id: int) -> Round | None:
             rnd.result_version, _ = job.model_versions.get_or_create(round=rnd.number, defaults=written)
             rnd.save(update_fields=["result_version"])
         if rnd.kind != Round.Kind.CROSS_SITE:
-            _aggregate_metrics(rnd)
+            _aggregate_round_metrics(rnd)
         round_transition(rnd, Round.Status.CLOSED)
         if job.status == Job.Status.RUNNING:
             _advance(job, rnd)
@@ -156,23 +165,40 @@ def _aggregate_and_write(rnd: Round) -> dict:
     return {"path": path, "sha256": sha256, "bytes": size, "server_state_path": state_path}
 
 
-def _aggregate_metrics(rnd: Round) -> None:
-    """Example-weighted mean of each node metric (durations `*_s`: the maximum)."""
+def _aggregate_round_metrics(rnd: Round) -> None:
+    """The aggregate of what the round's accepted results reported: fit (train) or eval
+    (evaluate) metrics of this round and, for a round that evaluated first, the eval
+    metrics of the round before."""
+    node_ids = list(rnd.updates.values_list("node_id", flat=True))
     phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
-    weights = dict(rnd.updates.values_list("node_id", "num_examples"))
-    points = MetricPoint.objects.filter(job_id=rnd.job_id, round=rnd.number, phase=phase, node_id__in=weights)
-    by_name: dict[str, list[tuple[float, int]]] = {}
-    for point in points:
-        by_name.setdefault(point.name, []).append((point.value, weights[point.node_id]))
-    values = {name: _combine(name, pairs) for name, pairs in by_name.items()}
-    values["num_examples"] = float(sum(weights.values()))
-    values["num_nodes"] = float(len(weights))
-    MetricPoint.objects.bulk_create([MetricPoint(job_id=rnd.job_id, round=rnd.number, node=None, phase=phase,
-                                                 name=name, value=value) for name, value in values.items()])
-    events.metrics_recorded(rnd.job_id, rnd.number, phase, None, values)
+    _aggregate_metrics(rnd.job_id, rnd.number, phase, node_ids)
+    if rnd.kind == Round.Kind.TRAIN and rnd.evaluate_first:
+        _aggregate_metrics(rnd.job_id, rnd.number - 1, MetricPoint.Phase.EVAL, node_ids)
 
 
-def _combine(name: str, pairs: list[tuple[float, int]]) -> float:
+def _aggregate_metrics(job_id: int, number: int, phase: str, node_ids: list[int]) -> None:
+    """Mean of each node metric of (round, phase) over `node_ids`, weighted by each
+    node's `num_examples` there (durations `*_s`: the maximum); stored with node None."""
+    by_node: dict[int, dict[str, float]] = {}
+    for node_id, name, value in (MetricPoint.objects.filter(job_id=job_id, round=number, phase=phase,
+                                                            node_id__in=node_ids)
+                                 .order_by().values_list("node_id", "name", "value")):
+        by_node.setdefault(node_id, {})[name] = value
+    if not by_node:
+        return
+    by_name: dict[str, list[tuple[float, float]]] = {}
+    for values in by_node.values():
+        for name, value in values.items():
+            by_name.setdefault(name, []).append((value, values.get("num_examples", 0.0)))
+    aggregate = {name: _combine(name, pairs) for name, pairs in by_name.items()}
+    aggregate["num_examples"] = sum(values.get("num_examples", 0.0) for values in by_node.values())
+    aggregate["num_nodes"] = float(len(by_node))
+    MetricPoint.objects.bulk_create([MetricPoint(job_id=job_id, round=number, node=None, phase=phase,
+                                                 name=name, value=value) for name, value in aggregate.items()])
+    events.metrics_recorded(job_id, number, phase, None, aggregate)
+
+
+def _combine(name: str, pairs: list[tuple[float, float]]) -> float:
     if name.endswith("_s"):
         return max(v for v, _ in pairs)
     total = sum(w for _, w in pairs)
@@ -180,14 +206,16 @@ def _combine(name: str, pairs: list[tuple[float, int]]) -> float:
 
 
 def _advance(job: Job, rnd: Round) -> None:
-    """After a closed round: evaluate the new model, train the next round, run the
-    cross-site validation (opt-in), or finish."""
+    """After a closed round: train the next round (its nodes evaluate the new model
+    first when the evaluation policy asks for it), evaluate the last model in a round
+    of its own, run the cross-site validation (opt-in), or finish."""
     n, version = rnd.number, rnd.result_version or rnd.model_version
     try:
-        if rnd.kind == Round.Kind.TRAIN and (n % job.evaluate_every == 0 or n == job.rounds):
+        if rnd.kind == Round.Kind.TRAIN and n < job.rounds:
+            round_open(job=job, number=n + 1, kind=Round.Kind.TRAIN, model_version=version,
+                       evaluate_first=n % job.evaluate_every == 0)
+        elif rnd.kind == Round.Kind.TRAIN:
             round_open(job=job, number=n, kind=Round.Kind.EVALUATE, model_version=version)
-        elif n < job.rounds:
-            round_open(job=job, number=n + 1, kind=Round.Kind.TRAIN, model_version=version)
         elif rnd.kind == Round.Kind.EVALUATE and job.cross_site_validation:
             round_open(job=job, number=n, kind=Round.Kind.CROSS_SITE, model_version=version)
         else:

@@ -1,16 +1,19 @@
-"""What nodes send: updates (weights), evaluations (metrics), log lines; and what a
-node should do next (the task it pulls)."""
+"""What nodes send: updates (weights, with the evaluation of the model they started
+from), evaluations (metrics), cross-site results, log lines."""
 import math
 from pathlib import Path
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Subquery
 
 from flportal.errors import NotFound
 from jobs import events
 from jobs.exceptions import InvalidUpdateError, NotSelected, StaleRound
-from jobs.models import CrossSiteResult, Job, JobNode, MetricPoint, Round, Update
+from jobs.models import CrossSiteResult, Job, MetricPoint, Round, Update
 from jobs.services import artifacts
 from jobs.services.jobs import job_event_record
+from jobs.services.node_tasks import cross_site_sources
+from jobs.services.rounds import round_close_when_complete
 from nodes.models import Node
 
 MAX_METRICS = 64
@@ -18,17 +21,27 @@ MAX_LOG_LINES = 200
 
 
 def submission_round(*, round_id: int, node: Node, kind: str) -> tuple[Round, Update | None]:
-    """The round a node submits to, checked before any body is read: returns the round
-    and the node's existing update (a duplicate is answered as before). Raises NotFound
-    (not the node's job), NotSelected (403) or StaleRound (409)."""
-    rnd = Round.objects.select_related("job").filter(pk=round_id, job__job_nodes__node=node).first()
-    if rnd is None:
-        raise NotFound(f"no round {round_id} in any job of node {node.name}")
+    """The round a node submits to, checked before any body is read (one query):
+    returns the round and the node's existing update (a duplicate is answered as
+    before). Raises NotFound (not the node's job), NotSelected (403) or StaleRound (409)."""
+    try:  # get(), not first(): no ORDER BY, whose compilation hashes the annotations (measured: a quarter of an upload's CPU)
+        rnd = (_with_node_facts(Round.objects.select_related("job", "model_version"), node)
+               .get(pk=round_id, job__job_nodes__node=node))
+    except Round.DoesNotExist:
+        raise NotFound(f"no round {round_id} in any job of node {node.name}") from None
     _check_kind(rnd, kind)
-    existing = Update.objects.filter(round=rnd, node=node).first()
-    if existing is None:
-        _check_open_and_selected(rnd, node)
-    return rnd, existing
+    if rnd.existing_update_id:
+        return rnd, Update.objects.get(pk=rnd.existing_update_id)
+    _check_open_and_selected(rnd, node)
+    return rnd, None
+
+
+def _with_node_facts(rounds, node: Node):
+    """Rounds annotated with `existing_update_id` (the node's update, or None) and
+    `node_selected`, so a submission is checked without further queries."""
+    return rounds.annotate(
+        existing_update_id=Subquery(Update.objects.filter(round=OuterRef("pk"), node=node).values("pk")[:1]),
+        node_selected=Exists(Round.selected.through.objects.filter(round_id=OuterRef("pk"), node_id=node.pk)))
 
 
 def _check_kind(rnd: Round, kind: str) -> None:
@@ -37,26 +50,34 @@ def _check_kind(rnd: Round, kind: str) -> None:
 
 
 def _check_open_and_selected(rnd: Round, node: Node) -> None:
-    if not rnd.selected.filter(pk=node.pk).exists():
+    if not rnd.node_selected:
         raise NotSelected(f"node {node.name} is not selected for round {rnd.number} of job {rnd.job_id}")
     if rnd.status != Round.Status.OPEN:
         raise StaleRound(f"round {rnd.number} ({rnd.kind}) of job {rnd.job_id} is {rnd.status}, not open")
 
 
-def clean_metrics(metrics) -> dict[str, float]:
+def check_evaluation(rnd: Round, evaluation) -> None:
+    """A train round that evaluates first needs the evaluation of the model it started
+    from (`evaluation`: (num_examples, metrics)); raises InvalidUpdateError."""
+    if rnd.kind == Round.Kind.TRAIN and rnd.evaluate_first and evaluation is None:
+        raise InvalidUpdateError(f"round {rnd.number} asks for the evaluation of model version {rnd.number - 1} "
+                                 "with the update: send X-Eval-Examples and X-Eval-Metrics")
+
+
+def clean_metrics(metrics, field: str = "metrics") -> dict[str, float]:
     """Metric names and finite numbers only; raises InvalidUpdateError otherwise."""
     if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
-        raise InvalidUpdateError(f"metrics: must be an object of at most {MAX_METRICS} name: number pairs")
+        raise InvalidUpdateError(f"{field}: must be an object of at most {MAX_METRICS} name: number pairs")
     out = {}
     for name, value in metrics.items():
         if not isinstance(name, str) or not 0 < len(name) <= 64:
-            raise InvalidUpdateError("metrics: names must be strings of 1 to 64 characters")
+            raise InvalidUpdateError(f"{field}: names must be strings of 1 to 64 characters")
         try:
             number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise InvalidUpdateError(f"metrics.{name}: must be a finite number")
+            raise InvalidUpdateError(f"{field}.{name}: must be a finite number")
         out[name] = number
     return out
 
@@ -72,17 +93,27 @@ def check_num_examples(value, field: str) -> int:
 
 
 def update_submit(*, round_id: int, node: Node, upload: Path | None, num_examples: int,
-                  metrics: dict[str, float]) -> tuple[Update, bool]:
-    """Accept a node's validated result for a round (weights for train rounds, none for
-    evaluate rounds) and queue the round's close check. Returns (update, created);
-    a duplicate returns the first update unchanged. Raises NotSelected / StaleRound."""
+                  metrics: dict[str, float], evaluation: tuple[int, dict[str, float]] | None = None,
+                  upload_sha256: str | None = None) -> tuple[Update, bool]:
+    """Accept a node's validated result for a round: weights (`upload`) for a train
+    round, with the evaluation of the model it started from (`evaluation`) when the
+    round evaluates first; metrics only for an evaluate round. Returns (update,
+    created); a duplicate returns the first update unchanged. The round's last expected
+    result moves it to aggregating and queues its close. Raises NotSelected,
+    StaleRound or InvalidUpdateError (an evaluation missing)."""
     kind = Round.Kind.TRAIN if upload else Round.Kind.EVALUATE
 
     def record(rnd: Round) -> Update:
-        stored = artifacts.keep_update(rnd.job_id, rnd.number, rnd.kind, node.name, upload) if upload else ("", "", 0)
+        check_evaluation(rnd, evaluation)
+        stored = (artifacts.keep_update(rnd.job_id, rnd.number, rnd.kind, node.name, upload, upload_sha256)
+                  if upload else ("", "", 0))
         update = Update.objects.create(round=rnd, node=node, path=stored[0], sha256=stored[1], bytes=stored[2],
                                        num_examples=num_examples)
-        _record_node_metrics(rnd, node, metrics | {"num_examples": float(num_examples)})
+        phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
+        results = [(rnd.number, phase, metrics | {"num_examples": float(num_examples)})]
+        if evaluation is not None and rnd.evaluate_first:
+            results.append((rnd.number - 1, MetricPoint.Phase.EVAL, evaluation[1] | {"num_examples": float(evaluation[0])}))
+        _record_node_metrics(rnd.job_id, node, results)
         return update
 
     return _accept(round_id, node, kind, record)
@@ -105,24 +136,21 @@ def cross_site_submit(*, round_id: int, node: Node, results: list[dict]) -> tupl
 
 
 def _accept(round_id: int, node: Node, kind: str, record) -> tuple[Update, bool]:
-    """Under the round's lock: the idempotent duplicate answer, the open/selected
-    checks, then `record(round)`; an event, and the round's close check on commit."""
-    from jobs.tasks import round_maybe_close_task
-
+    """Under the round's lock (its row only): the idempotent duplicate answer, the
+    open/selected checks, then `record(round)`, an event, and the close check."""
     try:
         with transaction.atomic():
-            rnd = Round.objects.select_for_update().select_related("job").get(pk=round_id)
+            rnd = _with_node_facts(Round.objects.select_for_update(of=("self",)).select_related("job"),
+                                   node).get(pk=round_id)
             _check_kind(rnd, kind)
-            existing = Update.objects.filter(round=rnd, node=node).first()
-            if existing is not None:
-                return existing, False
+            if rnd.existing_update_id:
+                return Update.objects.get(pk=rnd.existing_update_id), False
             _check_open_and_selected(rnd, node)
             update = record(rnd)
-            JobNode.objects.filter(job_id=rnd.job_id, node=node).update(last_activity_at=update.received_at)
             job_event_record(job=rnd.job, kind="update_accepted", node=node,
                              message=f"{rnd.kind} result from {node.name} for round {rnd.number}",
                              data={"round": rnd.number, "kind": rnd.kind, "num_examples": update.num_examples})
-            round_maybe_close_task.delay_on_commit(rnd.pk)
+            round_close_when_complete(rnd)
             return update, True
     except IntegrityError:  # a concurrent duplicate won the race
         return Update.objects.get(round_id=round_id, node=node), False
@@ -153,61 +181,13 @@ def clean_cross_site_results(results) -> list[dict]:
     return cleaned
 
 
-def cross_site_sources(rnd: Round) -> list[tuple[str, object]]:
-    """The models a cross-site round evaluates: ("global", its model version) and, for
-    every node of the job, (node name, its last accepted train update)."""
-    latest = {}
-    for update in (Update.objects.filter(round__job_id=rnd.job_id, round__kind=Round.Kind.TRAIN)
-                   .select_related("node", "round").order_by("round__number")):
-        latest[update.node.name] = update
-    return [("global", rnd.model_version)] + sorted(latest.items())
-
-
-def _record_node_metrics(rnd: Round, node: Node, metrics: dict[str, float]) -> None:
-    phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
-    MetricPoint.objects.bulk_create([MetricPoint(job_id=rnd.job_id, round=rnd.number, node=node, phase=phase,
-                                                 name=name, value=value) for name, value in metrics.items()])
-    events.metrics_recorded(rnd.job_id, rnd.number, phase, node.name, metrics)
-
-
-def task_for_node(*, job_id: int, node: Node) -> dict:
-    """The next thing a node should do for a job (docs/PROTOCOL.md): train or evaluate
-    an open round it was selected for and has not answered, wait, or end.
-    Raises NotFound for a job the node does not take part in."""
-    job = Job.objects.filter(pk=job_id, job_nodes__node=node).first()
-    if job is None:
-        raise NotFound(f"node {node.name} takes no part in job {job_id}")
-    if job.is_terminal:
-        return {"action": "end", "reason": f"job {job.status}" + (f": {job.status_reason}" if job.status_reason else "")}
-    rnd = (Round.objects.select_related("model_version").filter(job=job, status=Round.Status.OPEN, selected=node)
-           .exclude(updates__node=node).first())
-    if rnd is None:
-        return {"action": "wait", "retry_after": 1.0}
-    return _task(job, rnd)
-
-
-def _task(job: Job, rnd: Round) -> dict:
-    version = rnd.model_version
-    action = "cross_validate" if rnd.kind == Round.Kind.CROSS_SITE else rnd.kind
-    task = {
-        "action": action, "job_id": job.pk, "round_id": rnd.pk, "round": rnd.number,
-        "model_version": version.round, "sha256": version.sha256,
-        "model_url": f"/api/v1/fl/jobs/{job.pk}/models/{version.round}",
-        "deadline": rnd.deadline.isoformat(),
-        "config": {
-            "model": job.model, "model_params": job.model_params, "optimizer": job.optimizer,
-            "optimizer_params": job.optimizer_params, "local_epochs": job.local_epochs,
-            "batch_size": job.batch_size, "dataset": job.dataset, "val_fraction": job.val_fraction,
-            "seed": job.seed, "strategy": job.strategy,
-            "proximal_mu": float(job.strategy_params.get("mu", 0.0)),
-        },
-    }
-    if rnd.kind == Round.Kind.CROSS_SITE:
-        task["models"] = [{"source": source, "sha256": item.sha256,
-                           "url": task["model_url"] if source == "global"
-                           else f"/api/v1/fl/rounds/{rnd.pk}/models/{source}"}
-                          for source, item in cross_site_sources(rnd)]
-    return task
+def _record_node_metrics(job_id: int, node: Node, results: list[tuple[int, str, dict[str, float]]]) -> None:
+    """Store a node's metrics, [(round, phase, {name: value})], in one insert."""
+    MetricPoint.objects.bulk_create([MetricPoint(job_id=job_id, round=number, node=node, phase=phase, name=name,
+                                                 value=value)
+                                     for number, phase, metrics in results for name, value in metrics.items()])
+    for number, phase, metrics in results:
+        events.metrics_recorded(job_id, number, phase, node.name, metrics)
 
 
 def logs_append(*, job_id: int, node: Node, lines: list[str]) -> None:

@@ -37,15 +37,22 @@ def open_round(job, kind: str | None = None) -> Round:
     return rounds.get()
 
 
-def submit_train(rnd: Round, node, tmp_path: Path, *, seed: int, num_examples: int, metrics: dict | None = None):
+AUTO = object()
+
+
+def submit_train(rnd: Round, node, tmp_path: Path, *, seed: int, num_examples: int, metrics: dict | None = None,
+                 evaluation=AUTO):
     """Submit a perturbed copy of the round's model for `node` via update_submit;
-    returns (update, created, state)."""
+    returns (update, created, state). `evaluation` (num_examples, metrics) of the model
+    the round started from; by default a plausible one when the round evaluates first."""
     from jobs.services.updates import update_submit
 
+    if evaluation is AUTO:
+        evaluation = (num_examples, {"loss": 0.5, "accuracy": 0.75}) if rnd.evaluate_first else None
     state = perturbed(rnd, seed)
     path = write_update(state, tmp_path / "uploads", f"r{rnd.pk}-{node.name}")
     update, created = update_submit(round_id=rnd.pk, node=node, upload=path, num_examples=num_examples,
-                                    metrics=metrics or {})
+                                    metrics=metrics or {}, evaluation=evaluation)
     return update, created, state
 
 
@@ -56,10 +63,12 @@ def submit_eval(rnd: Round, node, *, num_examples: int, metrics: dict):
 
 
 def close(rnd: Round) -> Round:
-    """round_maybe_close + round_close, as the worker's round_maybe_close_task does."""
-    from jobs.services.rounds import round_close, round_maybe_close
+    """round_close of a round that its last result moved to aggregating, as the
+    worker's round_close_task does."""
+    from jobs.services.rounds import round_close
 
-    assert round_maybe_close(round_id=rnd.pk) is True
+    rnd.refresh_from_db()
+    assert rnd.status == Round.Status.AGGREGATING, f"round {rnd.number} ({rnd.kind}) is {rnd.status}"
     closed = round_close(round_id=rnd.pk)
     assert closed is not None
     return closed

@@ -219,25 +219,32 @@ def all_pages(client, url, params=None) -> list[dict]:
     return results
 
 
-def test_rounds_shape(api_client, finished_round_job):
+def test_rounds_shape(api_client, finished_round_job, nodes3, tmp_path):
+    second = open_round(finished_round_job)
+    for i, cr in enumerate(nodes3):  # round 2 brings the evaluation of version 1
+        submit_train(second, cr.node, tmp_path, seed=10 + i, num_examples=10,
+                     evaluation=(10, {"loss": 0.5, "accuracy": 0.75}))
+    close(second)
     body = api_client.get(f"/api/v1/jobs/{finished_round_job.pk}/rounds/").json()
 
     assert set(body) == PAGE_KEYS and body["count"] == 3 and body["next"] is None and body["previous"] is None
     rounds = body["results"]
-    assert [(r["number"], r["kind"], r["status"]) for r in rounds] == [
-        (1, "train", "closed"), (1, "evaluate", "closed"), (2, "train", "open")]
+    assert [(r["number"], r["kind"], r["status"], r["evaluate_first"]) for r in rounds] == [
+        (1, "train", "closed", False), (2, "train", "closed", True), (2, "evaluate", "open", False)]
     train = rounds[0]
     assert set(train) == {"id", "number", "kind", "status", "status_reason", "model_version", "result_version",
-                          "selected", "dropped", "target_updates", "deadline", "opened_at", "aggregating_at",
-                          "closed_at", "updates", "metrics"}
+                          "selected", "dropped", "target_updates", "evaluate_first", "deadline", "opened_at",
+                          "aggregating_at", "closed_at", "updates", "metrics", "evaluation"}
     assert train["selected"] == list(NODE_NAMES) and train["dropped"] == [] and train["model_version"] == 0
     assert train["result_version"]["round"] == 1 and len(train["result_version"]["sha256"]) == 64
     assert [u["node"] for u in train["updates"]] == list(NODE_NAMES)
     assert [u["num_examples"] for u in train["updates"]] == [10, 20, 30]
     assert train["metrics"]["train_loss"] == pytest.approx((0 * 10 + 1 * 20 + 2 * 30) / 60)
     assert train["metrics"]["num_examples"] == 60
-    assert rounds[1]["metrics"] == {"loss": 0.5, "accuracy": 0.75, "num_examples": 30.0, "num_nodes": 3.0}
-    assert rounds[1]["result_version"] is None and rounds[2]["model_version"] == 1
+    # version 1 was evaluated by round 2's nodes; version 2 waits for the evaluate round
+    assert train["evaluation"] == {"loss": 0.5, "accuracy": 0.75, "num_examples": 30.0, "num_nodes": 3.0}
+    assert rounds[1]["evaluation"] == {} and rounds[1]["model_version"] == 1
+    assert rounds[2]["result_version"] is None and rounds[2]["metrics"] == {} and rounds[2]["evaluation"] == {}
 
 
 def test_rounds_are_paginated_and_each_page_has_its_own_metrics(api_client, finished_round_job):
@@ -394,3 +401,5 @@ def test_job_page_series_come_from_the_metrics_not_from_evaluate_rounds(user, ma
     assert page_json(html, "metric-series")["eval"] == {"accuracy": [[1, 0.625]]}
     assert not started_job.rounds_set.filter(kind="evaluate").exists() and "round-1-evaluate" not in html
     assert 'id="round-2-train"' in html
+    row = re.search(r'id="round-1-train">(.*?)</tr>', html, re.S).group(1)
+    assert re.search(r'data-role="evaluation">accuracy=0.6250 <', row)  # the evaluation of round 1's model

@@ -1,6 +1,7 @@
 """The node-facing FL API through the real URLs (docs/PROTOCOL.md, section 1): status
 codes, error bodies, and that a refusal changes nothing on the portal."""
 import asyncio
+import base64
 import hashlib
 import json
 import math
@@ -12,9 +13,11 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient
 
 from flportal.body_limit import BodyLimit
+from jobs import events
 from jobs.models import Job, JobEvent, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 from jobs.services.jobs import job_cancel
+from jobs.services.node_tasks import task_for_node
 from jobs.services.transitions import round_transition
 from nodes.models import Node
 from tests.conftest import BREAST_CANCER, create_job, node_auth
@@ -70,12 +73,24 @@ def good_body(rnd):
 
 
 @pytest.fixture
-def evaluate_round(started_job, nodes3, tmp_path):
+def evaluate_round(make_started_job, nodes3, tmp_path):
+    """The evaluate round of a 1-round job (only the last model gets a round of its own)."""
+    job = make_started_job(rounds=1)
+    train = open_round(job)
+    for i, cr in enumerate(nodes3):
+        submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
+    close(train)
+    return open_round(job, Round.Kind.EVALUATE)
+
+
+@pytest.fixture
+def second_round(started_job, nodes3, tmp_path):
+    """Train round 2, whose nodes evaluate version 1 first."""
     train = open_round(started_job)
     for i, cr in enumerate(nodes3):
         submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
     close(train)
-    return open_round(started_job, Round.Kind.EVALUATE)
+    return open_round(started_job)
 
 
 # --- heartbeat and authentication ------------------------------------------------------------
@@ -408,20 +423,44 @@ def test_evaluation_with_a_non_finite_metric_or_a_bad_body_is_refused(client, ev
 
 
 @pytest.mark.django_db
-def test_results_for_the_wrong_kind_of_round_are_refused(client, rnd, nodes3, good_body, tmp_path):
+def test_results_for_the_wrong_kind_of_round_are_refused(client, rnd, nodes3, good_body, evaluate_round):
     counts = row_counts()
     body = assert_error(evaluate(client, rnd, nodes3[0], {"num_examples": 5, "metrics": {}}), 400, "invalid_update")
     assert "train round" in body["message"] and row_counts() == counts
 
-    for i, cr in enumerate(nodes3):
-        submit_train(rnd, cr.node, tmp_path, seed=i, num_examples=10)
-    close(rnd)
-    evaluate_round = open_round(rnd.job, Round.Kind.EVALUATE)
     counts = row_counts()
     body = assert_error(upload(client, evaluate_round, nodes3[0], good_body), 400, "invalid_update")
     assert "evaluate round" in body["message"]
     assert row_counts() == counts
-    assert leftovers(rnd.job) == [f"update-r00001-train-{cr.node.name}.safetensors" for cr in nodes3]
+    assert leftovers(evaluate_round.job) == [f"update-r00001-train-{cr.node.name}.safetensors" for cr in nodes3]
+
+
+EVALUATION = {"X-Eval-Examples": "40", "X-Eval-Metrics": '{"loss": 0.25, "accuracy": 0.9, "eval_s": 0.01}'}
+
+
+@pytest.mark.django_db
+def test_an_update_of_a_round_that_evaluates_first_carries_the_evaluation(client, second_round, nodes3):
+    assert second_round.evaluate_first
+    response = upload(client, second_round, nodes3[0], update_bytes(perturbed(second_round, seed=1)), **EVALUATION)
+    assert response.status_code == 201, response.content
+    points = {(p.round, p.phase, p.name): p.value for p in MetricPoint.objects.filter(node=nodes3[0].node)}
+    assert points[(1, "eval", "loss")] == 0.25 and points[(1, "eval", "accuracy")] == 0.9  # version 1's evaluation
+    assert points[(1, "eval", "num_examples")] == 40.0 and points[(2, "fit", "train_loss")] == 0.5
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("headers", [
+    {}, {"X-Eval-Metrics": '{"loss": 0.2}'}, {"X-Eval-Examples": "40"}, {**EVALUATION, "X-Eval-Examples": "0"},
+    {**EVALUATION, "X-Eval-Examples": "many"}, {**EVALUATION, "X-Eval-Metrics": '{"loss": NaN}'},
+    {**EVALUATION, "X-Eval-Metrics": "[1]"}])
+def test_an_update_without_a_good_evaluation_is_refused_where_the_round_asks_for_one(client, second_round, nodes3,
+                                                                                    headers):
+    counts = row_counts()
+    response = upload(client, second_round, nodes3[0], update_bytes(perturbed(second_round, seed=1)), **headers)
+    body = assert_error(response, 400, "invalid_update")
+    assert "X-Eval" in body["message"] or "evaluation" in body["message"]
+    assert row_counts() == counts and leftovers(second_round.job) == [
+        f"update-r00001-train-{cr.node.name}.safetensors" for cr in nodes3]
 
 
 @pytest.mark.django_db
@@ -483,10 +522,11 @@ def test_task_answers_train_then_end(started_job, nodes3):
     assert response.status_code == 200
     task = response.json()
     v0 = ModelVersion.objects.get(job=started_job, round=0)
+    assert task.pop("weights") == base64.b64encode(artifacts.absolute(v0.path).read_bytes()).decode()
     assert task == {
         "action": "train", "job_id": started_job.pk, "round_id": rnd.pk, "round": 1, "model_version": 0,
         "model_url": f"/api/v1/fl/jobs/{started_job.pk}/models/0", "sha256": v0.sha256,
-        "deadline": rnd.deadline.isoformat(),
+        "deadline": rnd.deadline.isoformat(), "evaluate_first": False,
         "config": {"model": "logreg", "model_params": {"in_features": 30, "num_classes": 2}, "optimizer": "sgd",
                    "optimizer_params": {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False},
                    "local_epochs": 1, "batch_size": 32, "dataset": "breast_cancer", "val_fraction": 0.2,
@@ -527,35 +567,76 @@ def test_task_long_poll_with_wait_nan_still_ends(started_job, nodes3, tmp_path, 
     assert response.status_code in (200, 400) and seconds < 1.5
 
 
-@pytest.mark.django_db
-def test_task_long_poll_wakes_when_a_round_opens(started_job, nodes3, tmp_path, django_capture_on_commit_callbacks):
-    """A trainer waiting for the evaluate round gets it as soon as the train round
-    closes (woken through the channel layer), not after its wait runs out."""
-    train = open_round(started_job)
-    submit_train(train, nodes3[0].node, tmp_path, seed=0, num_examples=5)
+def run_broadcasts(callbacks):
+    """Run the captured live events (broadcasts), not the Celery tasks."""
+    for callback in callbacks:
+        if not hasattr(callback, "func"):
+            callback()
 
-    def finish_round():
-        for i, cr in enumerate(nodes3[1:]):
-            submit_train(train, cr.node, tmp_path, seed=1 + i, num_examples=5)
-        with django_capture_on_commit_callbacks(execute=False) as callbacks:
-            close(train)
-        for callback in callbacks:  # the live events (broadcasts), not the Celery tasks
-            if not hasattr(callback, "func"):
-                callback()
+
+def poll_while(job, creds, action, *, wait=20):
+    """Start a long poll for `creds`, run `action` (sync) once it waits; returns
+    (response or None if it did not answer within 5 s, seconds from action to answer)."""
 
     async def scenario():
-        poll = asyncio.ensure_future(AsyncClient().get(f"/api/v1/fl/jobs/{started_job.pk}/task?wait=20",
-                                                       headers={"Authorization": node_auth(nodes3[0])}))
+        poll = asyncio.ensure_future(AsyncClient().get(f"/api/v1/fl/jobs/{job.pk}/task?wait={wait}",
+                                                       headers={"Authorization": node_auth(creds)}))
         await asyncio.sleep(0.3)
         assert not poll.done()
         started = time.monotonic()
-        await sync_to_async(finish_round)()
-        response = await asyncio.wait_for(poll, 5)
+        await sync_to_async(action)()
+        try:
+            response = await asyncio.wait_for(asyncio.shield(poll), 5)
+        except asyncio.TimeoutError:
+            poll.cancel()
+            response = None
         return response, time.monotonic() - started
 
-    response, seconds = async_to_sync(scenario)()
-    assert response.json()["action"] == "evaluate" and response.json()["model_version"] == 1
-    assert seconds < 0.45  # woken (~0.05 s), not found by the once-a-second re-check (~0.7 s here)
+    return async_to_sync(scenario)()
+
+
+@pytest.mark.django_db
+def test_task_long_poll_is_handed_the_next_rounds_task_when_it_opens(started_job, nodes3, tmp_path,
+                                                                    django_capture_on_commit_callbacks):
+    """A trainer waiting for round 2 gets its task as soon as round 1 closes: from the
+    wake-up, which carries the round's task (the same as read from the database), not
+    after the long poll's re-check (5 s)."""
+    train = open_round(started_job)
+    for i, cr in enumerate(nodes3[:2]):
+        submit_train(train, cr.node, tmp_path, seed=i, num_examples=5)
+
+    def finish_round():
+        submit_train(train, nodes3[2].node, tmp_path, seed=2, num_examples=5)
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            close(train)
+        run_broadcasts(callbacks)
+
+    response, seconds = poll_while(started_job, nodes3[0], finish_round)
+    task = response.json()
+    assert (task["action"], task["round"], task["model_version"], task["evaluate_first"]) == ("train", 2, 1, True)
+    assert task == task_for_node(job_id=started_job.pk, node=nodes3[0].node)
+    assert seconds < 0.45  # woken (~0.05 s), not found by a re-check
+
+
+@pytest.mark.django_db
+def test_a_wake_up_hands_its_task_only_to_the_nodes_it_names(started_job, nodes3, tmp_path,
+                                                            django_capture_on_commit_callbacks):
+    """The task in a wake-up is answered as is, with no query, to the nodes it names
+    (here one the database would tell to wait); any other node reads its task again."""
+    train = open_round(started_job)
+    a, b = nodes3[0], nodes3[1]
+    for i, cr in enumerate((a, b)):
+        submit_train(train, cr.node, tmp_path, seed=i, num_examples=5)  # both now have to wait
+    carried = {"action": "train", "round": 99, "from": "the wake-up"}
+
+    def wake_b():
+        with django_capture_on_commit_callbacks(execute=True):
+            events.round_task_ready(started_job.pk, carried, [b.node.pk])
+
+    response, seconds = poll_while(started_job, b, wake_b)
+    assert response.json() == carried and seconds < 0.45
+    response, seconds = poll_while(started_job, a, wake_b, wait=1.5)
+    assert response.json() == {"action": "wait", "retry_after": 1.0} and seconds > 1.0
 
 
 # --- the body-size guard of the ASGI app ----------------------------------------------------------

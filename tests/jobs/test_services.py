@@ -1,6 +1,7 @@
 """The FL server's services, run synchronously: job creation and its refusals, launch,
 start, the round protocol (FedAvg, metrics, evaluation, deadlines), the node's next
 task, cancellation and the watchdog's sweep."""
+import base64
 import functools
 import hashlib
 from datetime import timedelta
@@ -11,19 +12,19 @@ from django.utils import timezone
 
 from flportal.errors import NotFound, ValidationFailed
 from jobs import tasks
-from jobs.exceptions import JobStateError, NotSelected, StaleRound
+from jobs.exceptions import InvalidUpdateError, JobStateError, NotSelected, StaleRound
 from jobs.fl.networks import build_model
 from jobs.models import Job, JobEvent, JobNode, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 from jobs.services.jobs import job_cancel, job_create, job_launch, job_node_run_started, job_start
-from jobs.services.rounds import round_close, round_deadline, round_maybe_close
+from jobs.services.node_tasks import task_for_node
+from jobs.services.rounds import round_close, round_deadline
 from jobs.services.transitions import job_transition, round_transition
-from jobs.services.updates import task_for_node
 from jobs.services.watchdog import watchdog_sweep
 from nodes.models import Node
 from nodes.services import node_heartbeat, node_set_enabled
 from tests.conftest import BASE_SPEC, BREAST_CANCER, create_job, register_node, start_job
-from tests.jobs.helpers import close, fedavg, model_state, open_round, submit_eval, submit_train
+from tests.jobs.helpers import close, fedavg, model_state, open_round, row_counts, submit_eval, submit_train
 
 pytestmark = pytest.mark.django_db
 REAL_ROUND_DEADLINE_TASK = tasks.round_deadline_task  # kept before `queued_tasks` patches the name
@@ -250,7 +251,13 @@ def test_round_samples_clients_per_round_with_the_job_seed(make_started_job):
 
 # --- the round protocol ----------------------------------------------------------------------
 
-def test_a_whole_job_runs_train_evaluate_train_evaluate_to_success(started_job, nodes3, tmp_path):
+EVALUATIONS = [(10, 0.5, 0.9), (30, 0.7, 0.8), (60, 0.2, 0.5)]  # per node: examples, loss, accuracy
+
+
+def test_a_whole_job_runs_train_then_train_evaluating_first_then_the_last_evaluation(started_job, nodes3, tmp_path):
+    """2 rounds, evaluation every round: train 1; train 2, whose nodes evaluate version
+    1 first (the evaluation of round 1 rides on round 2's updates); evaluate 2, a round
+    of its own (nothing follows it); success."""
     job, (a, b, c) = started_job, [cr.node for cr in nodes3]
     weights = {a: 100, b: 200, c: 300}
     fit = {a: {"train_loss": 1.0, "compute_s": 2.0}, b: {"train_loss": 2.0, "compute_s": 5.0},
@@ -258,12 +265,15 @@ def test_a_whole_job_runs_train_evaluate_train_evaluate_to_success(started_job, 
 
     for number in (1, 2):
         train = open_round(job, Round.Kind.TRAIN)
-        assert train.number == number
+        assert train.number == number and train.evaluate_first == (number == 2)
         states = []
         for i, node in enumerate((a, b, c)):
-            assert round_maybe_close(round_id=train.pk) is False  # not all updates in yet
+            train.refresh_from_db()
+            assert train.status == Round.Status.OPEN  # not all updates in yet
+            n, loss, acc = EVALUATIONS[i]
             update, created, state = submit_train(train, node, tmp_path, seed=10 * number + i,
-                                                  num_examples=weights[node], metrics=fit[node])
+                                                  num_examples=weights[node], metrics=fit[node],
+                                                  evaluation=(n, {"loss": loss, "accuracy": acc}))
             assert created and update.num_examples == weights[node]
             stored = artifacts.absolute(update.path)
             assert update.sha256 == hashlib.sha256(stored.read_bytes()).hexdigest()
@@ -285,23 +295,24 @@ def test_a_whole_job_runs_train_evaluate_train_evaluate_to_success(started_job, 
         assert metrics["train_loss"] == pytest.approx((100 * 1 + 200 * 2 + 300 * 3) / 600)
         assert metrics["compute_s"] == 5.0  # durations: the slowest node
         assert metrics["num_examples"] == 600 and metrics["num_nodes"] == 3
-
-        evaluate = open_round(job, Round.Kind.EVALUATE)
-        assert evaluate.number == number and evaluate.model_version == version and evaluate.target_updates == 3
-        for node, (n, loss, acc) in zip((a, b, c), [(10, 0.5, 0.9), (30, 0.7, 0.8), (60, 0.2, 0.5)]):
-            _, created = submit_eval(evaluate, node, num_examples=n, metrics={"loss": loss, "accuracy": acc})
-            assert created
-        close(evaluate)
-        metrics = aggregate(job, number, "eval")
-        assert metrics["loss"] == pytest.approx((10 * 0.5 + 30 * 0.7 + 60 * 0.2) / 100)
-        assert metrics["accuracy"] == pytest.approx((10 * 0.9 + 30 * 0.8 + 60 * 0.5) / 100)
-        assert metrics["num_examples"] == 100 and metrics["num_nodes"] == 3
+        if number == 1:  # round 1 started from the initial model: nothing to evaluate first
+            assert aggregate(job, 0, "eval") == {} and aggregate(job, 1, "eval") == {}
+        else:  # the evaluation of version 1, sent with round 2's updates
+            assert_evaluation_of(job, 1)
 
         job.refresh_from_db()
         if number == 1:
             nxt = open_round(job)
-            assert (nxt.number, nxt.kind, nxt.model_version) == (2, "train", version)
+            assert (nxt.number, nxt.kind, nxt.model_version, nxt.evaluate_first) == (2, "train", version, True)
             assert job.status == Job.Status.RUNNING and job.current_round == 2
+
+    evaluate = open_round(job, Round.Kind.EVALUATE)  # the last model has no next round to ride on
+    assert evaluate.number == 2 and evaluate.model_version == version and evaluate.target_updates == 3
+    for node, (n, loss, acc) in zip((a, b, c), EVALUATIONS):
+        _, created = submit_eval(evaluate, node, num_examples=n, metrics={"loss": loss, "accuracy": acc})
+        assert created
+    close(evaluate)
+    assert_evaluation_of(job, 2)
 
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED and job.finished_at is not None
@@ -309,19 +320,56 @@ def test_a_whole_job_runs_train_evaluate_train_evaluate_to_success(started_job, 
     assert job.status_reason == "2 rounds done"
     assert set(job.job_nodes.values_list("status", flat=True)) == {JobNode.Status.FINISHED}
     assert not Round.objects.filter(job=job, status=Round.Status.OPEN).exists()
-    assert Round.objects.filter(job=job, status=Round.Status.CLOSED).count() == 4
+    assert Round.objects.filter(job=job, status=Round.Status.CLOSED).count() == 3
     assert task_for_node(job_id=job.pk, node=a)["action"] == "end"
 
 
-def test_without_evaluation_rounds_train_follows_train(make_started_job, nodes3, tmp_path):
-    job = make_started_job(rounds=3, evaluate_every=2)
+def assert_evaluation_of(job, number):
+    """The aggregate of EVALUATIONS, recorded for round `number`."""
+    metrics = aggregate(job, number, "eval")
+    assert metrics["loss"] == pytest.approx((10 * 0.5 + 30 * 0.7 + 60 * 0.2) / 100)
+    assert metrics["accuracy"] == pytest.approx((10 * 0.9 + 30 * 0.8 + 60 * 0.5) / 100)
+    assert metrics["num_examples"] == 100 and metrics["num_nodes"] == 3
+
+
+def test_a_round_that_evaluates_first_refuses_an_update_without_the_evaluation(make_started_job, nodes3, tmp_path):
+    job = make_started_job(rounds=3)
     train = open_round(job)
     for i, cr in enumerate(nodes3):
         submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
     close(train)
-    nxt = open_round(job)
-    assert (nxt.number, nxt.kind) == (2, "train")
-    assert nxt.model_version == ModelVersion.objects.get(job=job, round=1)
+    second = open_round(job)
+    before = row_counts()
+    with pytest.raises(InvalidUpdateError, match="evaluation of model version 1"):
+        submit_train(second, nodes3[0].node, tmp_path, seed=5, num_examples=10, evaluation=None)
+    assert row_counts() == before  # nothing recorded
+
+
+def test_evaluate_every_2_evaluates_every_second_model_first(make_started_job, nodes3, tmp_path):
+    job = make_started_job(rounds=3, evaluate_every=2)
+    for number, evaluates_first in ((1, False), (2, False), (3, True)):
+        train = open_round(job)
+        assert (train.number, train.kind, train.evaluate_first) == (number, "train", evaluates_first)
+        assert train.model_version == ModelVersion.objects.get(job=job, round=number - 1)
+        for i, cr in enumerate(nodes3):
+            submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
+        close(train)
+    assert (open_round(job).number, open_round(job).kind) == (3, "evaluate")  # the last model, always
+
+
+def test_only_the_last_expected_update_moves_the_round_and_queues_its_close(
+        started_job, nodes3, tmp_path, django_capture_on_commit_callbacks):
+    train = open_round(started_job)
+    queued, statuses = [], []
+    for i, cr in enumerate(nodes3):
+        with django_capture_on_commit_callbacks() as callbacks:
+            submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
+        queued.append(on_commit_tasks(callbacks, REAL_ROUND_CLOSE_TASK))
+        train.refresh_from_db()
+        statuses.append(train.status)
+    assert queued == [[], [], [(train.pk,)]]  # one task per round, not one per update
+    assert statuses == ["open", "open", "aggregating"]
+    assert [n.name for n in train.dropped.all()] == []
 
 
 def test_round_close_is_idempotent(started_job, nodes3, tmp_path):
@@ -331,7 +379,6 @@ def test_round_close_is_idempotent(started_job, nodes3, tmp_path):
     close(train)
     counts = (ModelVersion.objects.count(), MetricPoint.objects.count(), Round.objects.count())
     assert round_close(round_id=train.pk) is None
-    assert round_maybe_close(round_id=train.pk) is False
     assert (ModelVersion.objects.count(), MetricPoint.objects.count(), Round.objects.count()) == counts
 
 
@@ -365,7 +412,8 @@ def test_round_deadline_with_enough_updates_closes_and_records_the_dropped(make_
     a, b, c = (cr.node for cr in nodes3)
     states = [submit_train(train, node, tmp_path, seed=i, num_examples=n)[2] for i, (node, n) in
               enumerate([(a, 40), (c, 60)])]
-    assert round_maybe_close(round_id=train.pk) is False  # buffer -1: waits for all three
+    train.refresh_from_db()
+    assert train.status == Round.Status.OPEN  # buffer -1: waits for all three
     time_travel_deadline(train)
 
     assert round_deadline(round_id=train.pk) is True
@@ -399,25 +447,28 @@ def test_round_deadline_with_too_few_updates_fails_the_round_and_the_job(make_st
     assert JobEvent.objects.filter(job=job, kind="round_failed").count() == 1
 
 
-def test_round_deadline_of_an_evaluate_round_opens_the_next_train_round(started_job, nodes3, tmp_path):
-    train = open_round(started_job)
+def test_round_deadline_of_the_last_evaluate_round_ends_the_job(make_started_job, nodes3, tmp_path):
+    job = make_started_job(rounds=1)
+    train = open_round(job)
     for i, cr in enumerate(nodes3):
         submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
     close(train)
-    evaluate = open_round(started_job, Round.Kind.EVALUATE)
+    evaluate = open_round(job, Round.Kind.EVALUATE)
     submit_eval(evaluate, nodes3[0].node, num_examples=10, metrics={"loss": 0.3})
     time_travel_deadline(evaluate)
 
     assert round_deadline(round_id=evaluate.pk) is True
     round_close(round_id=evaluate.pk)
 
-    assert aggregate(started_job, 1, "eval") == {"loss": 0.3, "num_examples": 10.0, "num_nodes": 1.0}
-    assert (open_round(started_job).number, open_round(started_job).kind) == (2, "train")
+    assert aggregate(job, 1, "eval") == {"loss": 0.3, "num_examples": 10.0, "num_nodes": 1.0}
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
 
 
 # --- task_for_node -------------------------------------------------------------------------
 
 TASK_KEYS = {"action", "job_id", "round_id", "round", "model_version", "model_url", "sha256", "deadline", "config"}
+TRAIN_TASK_KEYS = TASK_KEYS | {"evaluate_first", "weights"}  # a small model travels inside the task
 CONFIG_KEYS = {"model", "model_params", "optimizer", "optimizer_params", "local_epochs", "batch_size", "dataset",
                "val_fraction", "seed", "strategy", "proximal_mu"}
 
@@ -426,10 +477,11 @@ def test_task_for_node_train_wait_evaluate_end(started_job, nodes3, tmp_path, ma
     job, a = started_job, nodes3[0].node
     train = open_round(job)
     task = task_for_node(job_id=job.pk, node=a)
-    assert set(task) == TASK_KEYS and set(task["config"]) == CONFIG_KEYS
+    assert set(task) == TRAIN_TASK_KEYS and set(task["config"]) == CONFIG_KEYS
     v0 = ModelVersion.objects.get(job=job, round=0)
     assert task["action"] == "train" and (task["job_id"], task["round_id"], task["round"]) == (job.pk, train.pk, 1)
-    assert task["model_version"] == 0 and task["sha256"] == v0.sha256
+    assert task["model_version"] == 0 and task["sha256"] == v0.sha256 and task["evaluate_first"] is False
+    assert base64.b64decode(task["weights"]) == artifacts.absolute(v0.path).read_bytes()
     assert task["model_url"] == f"/api/v1/fl/jobs/{job.pk}/models/0"
     assert task["config"]["model_params"] == {"in_features": 30, "num_classes": 2}
     assert task["config"]["dataset"] == "breast_cancer" and task["config"]["proximal_mu"] == 0.0
@@ -442,13 +494,22 @@ def test_task_for_node_train_wait_evaluate_end(started_job, nodes3, tmp_path, ma
         submit_train(train, cr.node, tmp_path, seed=2 + i, num_examples=10)
     close(train)
     task = task_for_node(job_id=job.pk, node=a)
-    assert task["action"] == "evaluate" and task["model_version"] == 1
+    assert (task["action"], task["round"], task["model_version"], task["evaluate_first"]) == ("train", 2, 1, True)
 
     with pytest.raises(NotFound):
         task_for_node(job_id=job.pk, node=make_node("site-z").node)
 
     job_cancel(job=job, reason="enough")
     assert task_for_node(job_id=job.pk, node=a) == {"action": "end", "reason": "job cancelled: enough"}
+
+
+def test_a_model_above_the_inline_limit_is_downloaded_not_sent_in_the_task(started_job, nodes3, settings):
+    v0 = ModelVersion.objects.get(job=started_job, round=0)
+    settings.FLPORTAL_INLINE_MODEL_BYTES = v0.bytes - 1
+    task = task_for_node(job_id=started_job.pk, node=nodes3[0].node)
+    assert set(task) == TRAIN_TASK_KEYS - {"weights"} and task["model_url"].endswith("/models/0")
+    settings.FLPORTAL_INLINE_MODEL_BYTES = v0.bytes
+    assert "weights" in task_for_node(job_id=started_job.pk, node=nodes3[0].node)
 
 
 def test_task_for_node_tells_an_unselected_node_to_wait(make_started_job, nodes3):
@@ -590,7 +651,8 @@ def test_a_round_whose_aggregation_keeps_failing_ends_the_job(started_job, nodes
     train = open_round(started_job)
     for i, cr in enumerate(nodes3):
         submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
-    assert round_maybe_close(round_id=train.pk) is True
+    train.refresh_from_db()
+    assert train.status == Round.Status.AGGREGATING  # the last update moved it
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -66,12 +66,11 @@ class Command(BaseCommand):
         shown = set()
         self.final_metrics = {}
 
-        def show(job, rounds):
+        def show(job, rounds):  # each round's model's evaluation, once it is in (it rides on the next round)
             for rnd in rounds:
-                key = (rnd["number"], rnd["kind"])
-                if rnd["status"] == "closed" and rnd["kind"] == "evaluate" and key not in shown:
-                    shown.add(key)
-                    m = self.final_metrics = rnd["metrics"]
+                if rnd["kind"] == "train" and rnd["evaluation"] and rnd["number"] not in shown:
+                    shown.add(rnd["number"])
+                    m = self.final_metrics = rnd["evaluation"]
                     self.stdout.write(f"round {rnd['number']}/{job['spec']['rounds']}: validation accuracy "
                                       f"{m.get('accuracy', float('nan')):.4f}  loss {m.get('loss', float('nan')):.4f}"
                                       f"  ({int(m.get('num_nodes', 0))} nodes, {int(m.get('num_examples', 0))} examples)")
