@@ -125,7 +125,9 @@ class LocalSite:
         return TrainResult(payload, int(fit["num_examples"]), finite_metrics(metrics))
 
     def evaluate(self, task: dict, weights: bytes) -> tuple[int, dict[str, float]]:
-        """(num_examples, {"loss", "accuracy"[, "auroc"]}) of the downloaded model on the val split.
+        """(num_examples, {"loss", "accuracy"[, "auroc"], "eval_s"}) of the downloaded
+        model on the val split; eval_s: seconds of local work (model build, weight load,
+        evaluation).
 
         With an empty validation split (val_fraction 0) the train split is used, so the
         portal still gets a number; a warning says so. Raises SiteError like ``train``.
@@ -135,10 +137,12 @@ class LocalSite:
         if not len(y_val):
             log.warning("empty validation split; evaluating on the training split")
             X_val, y_val = X_tr, y_tr
+        started = time.perf_counter()
         model = self.model(config, weights)
         result = _guarded("evaluation", lambda: training.evaluate(model, X_val, y_val, device=self.device))
-        metrics = finite_metrics({name: result[name] for name in ("loss", "accuracy", "auroc") if name in result})
-        return int(result["num_examples"]), metrics
+        metrics = {name: result[name] for name in ("loss", "accuracy", "auroc") if name in result}
+        metrics["eval_s"] = time.perf_counter() - started
+        return int(result["num_examples"]), finite_metrics(metrics)
 
 
 def register_user_models() -> None:

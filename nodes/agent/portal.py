@@ -6,18 +6,18 @@ Error contract of every call:
   caller retries through ``Backoff``);
 - a 4xx answer raises ``PortalRefusal`` carrying the status and the portal's JSON
   ``error`` code and ``message``; it is never retried blindly;
-- redirects are refused (answered as ``PortalRefusal``) so that the node token, sent in
-  ``Authorization``, never follows a redirect to another host.
+- redirects are not followed (answered as ``PortalRefusal``) so that the node token, sent
+  in ``Authorization``, never follows a redirect to another host.
 """
 
 import http.client
 import json
 import logging
 import random
+import ssl
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any, Callable, TypeVar
@@ -70,20 +70,26 @@ class Response:
             raise PortalUnavailable(f"answer {self.status} is not JSON: {self.body[:200]!r}") from None
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        return None  # urllib then raises HTTPError with the 3xx status
-
-
 class PortalClient:
-    """Authenticated HTTP calls to one portal as one node (``Authorization: Node <token>``)."""
+    """Authenticated HTTP calls to one portal as one node (``Authorization: Node <token>``).
+
+    One persistent (keep-alive) connection, used by one call at a time: a trainer makes
+    three calls a round, and a new TCP connection each cost the portal more than the
+    call itself. When the portal has closed an idle connection, the call is made once
+    more on a new one; that is safe because every call of the FL API is idempotent (a
+    repeated upload is answered as the first one). Redirects are never followed.
+    """
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0):
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout = timeout
-        self._origin = urllib.parse.urlsplit(self.base_url)[:2]
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        parts = urllib.parse.urlsplit(self.base_url)
+        self._origin = parts[:2]
+        self._https = parts.scheme == "https"
+        self._address = (parts.hostname or "", parts.port)
+        self._connection: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
 
     def url_for(self, path: str) -> str:
         """Absolute URL for an API path, or for a URL the portal itself handed out.
@@ -101,19 +107,55 @@ class PortalClient:
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float | None = None) -> Response:
         """Make one call; return the 2xx Response or raise per the module contract."""
-        request = urllib.request.Request(
-            self.url_for(path), data=body, method=method,
-            headers={"Authorization": f"Node {self._token}", "Accept": "application/json",
-                     "User-Agent": f"flportal-agent/{__version__}", **(headers or {})},
-        )
-        try:
-            with self._opener.open(request, timeout=timeout or self.timeout) as answer:
-                return Response(answer.status, answer.read(), answer.headers)
-        except urllib.error.HTTPError as exc:
-            raise _error_from(exc, f"{method} {path}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise PortalUnavailable(f"{method} {path}: {reason}") from None
+        url = urllib.parse.urlsplit(self.url_for(path))
+        target = url.path + (f"?{url.query}" if url.query else "")
+        headers = {"Authorization": f"Node {self._token}", "Accept": "application/json",
+                   "User-Agent": f"flportal-agent/{__version__}", **(headers or {})}
+        with self._lock:
+            status, reason, data, answer_headers = self._exchange(method, target, body, headers,
+                                                                  timeout or self.timeout)
+        if 200 <= status < 300:
+            return Response(status, data, answer_headers)
+        raise _error_from(status, reason, data, f"{method} {path}")
+
+    def _exchange(self, method: str, target: str, body: bytes | None, headers: dict, timeout: float):
+        """(status, reason, body, headers) over the kept connection, or a new one."""
+        for attempt in (1, 2):
+            reused = self._connection is not None
+            connection = self._connect(timeout)
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                answer = connection.getresponse()
+                data = answer.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue  # the portal closed the idle connection: once more on a new one
+                raise PortalUnavailable(f"{method} {target}: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise PortalUnavailable(f"{method} {target}: {exc}") from None
+            if answer.will_close:
+                self.close()
+            return answer.status, answer.reason, data, answer.headers
+        raise AssertionError("unreachable")
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self._connection is None:
+            host, port = self._address
+            self._connection = (http.client.HTTPSConnection(host, port, timeout=timeout,
+                                                            context=ssl.create_default_context())
+                                if self._https else http.client.HTTPConnection(host, port, timeout=timeout))
+        else:
+            self._connection.timeout = timeout
+            if self._connection.sock is not None:
+                self._connection.sock.settimeout(timeout)
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def get(self, path: str, *, timeout: float | None = None) -> Response:
         return self.request("GET", path, timeout=timeout)
@@ -124,20 +166,20 @@ class PortalClient:
                             headers={"Content-Type": "application/json"})
 
 
-def _error_from(exc: urllib.error.HTTPError, what: str) -> Exception:
-    """Map an HTTP error answer to PortalUnavailable (5xx) or PortalRefusal (anything else)."""
+def _error_from(status: int, reason: str, raw: bytes, what: str) -> Exception:
+    """Map an error answer to PortalUnavailable (5xx) or PortalRefusal (anything else,
+    3xx included: redirects are not followed)."""
     try:
-        raw = exc.read(ERROR_BODY_LIMIT)
-        detail = json.loads(raw) if raw else {}
-    except (OSError, ValueError, http.client.HTTPException):
+        detail = json.loads(raw[:ERROR_BODY_LIMIT]) if raw else {}
+    except ValueError:
         detail = {}
     if not isinstance(detail, dict):
         detail = {}
-    code = str(detail.get("error") or f"http_{exc.code}")
-    message = str(detail.get("message") or exc.reason or "")
-    if exc.code >= 500:
-        return PortalUnavailable(f"{what}: {exc.code} {code}: {message}")
-    return PortalRefusal(exc.code, code, f"{what}: {message}")
+    code = str(detail.get("error") or f"http_{status}")
+    message = str(detail.get("message") or reason or "")
+    if status >= 500:
+        return PortalUnavailable(f"{what}: {status} {code}: {message}")
+    return PortalRefusal(status, code, f"{what}: {message}")
 
 
 class Backoff:

@@ -3,9 +3,11 @@
     python -m nodes.agent.trainer --portal URL --job ID --data-dir DIR [--dataset NAME]
 
 The node token comes from ``$FLPORTAL_NODE_TOKEN`` or ``--token-file``, never argv.
-Loop: long-poll the job's task; ``train`` / ``evaluate`` the downloaded model on the
-local data and post the result; ``cross_validate`` evaluates every listed model (global
-and each site's last local one); ``wait`` polls again; ``end`` exits 0.
+Loop: long-poll the job's task; ``train`` / ``evaluate`` the task's model (inside the
+task when it is small, else downloaded) on the local data and post the result (a
+``train`` task with ``evaluate_first`` evaluates the received model first and sends that
+evaluation with the update); ``cross_validate`` evaluates every listed model (global and
+each site's last local one); ``wait`` polls again; ``end`` exits 0.
 
 Failure policy: connection errors, 5xx and checksum mismatches are retried with capped
 exponential backoff for up to ``--max-offline`` seconds of continuous failure. A 4xx is
@@ -18,6 +20,7 @@ died (an orphaned trainer must not keep training); -15 stopped by SIGTERM.
 """
 
 import argparse
+import base64
 import hashlib
 import json
 import logging
@@ -80,7 +83,7 @@ class Trainer:
         return task
 
     def _run_round_task(self, task: dict) -> None:
-        """Do one train/evaluate task; a 409 (round closed meanwhile) drops it."""
+        """Do one train/evaluate/cross-validate task; a 409 (round closed meanwhile) drops it."""
         action, round_no = task["action"], task.get("round")
         missing = [key for key in ("round_id", "sha256", "config") if key not in task]
         if missing or ("model_url" not in task and "model_version" not in task):
@@ -90,7 +93,7 @@ class Trainer:
             if action == "cross_validate":
                 self._cross_validate(task)
                 return
-            weights = self.backoff.call(lambda: self._download(task), "model download")
+            weights = self._inline_weights(task) or self.backoff.call(lambda: self._download(task), "model download")
             if action == "train":
                 self._train(task, weights)
             else:
@@ -99,6 +102,17 @@ class Trainer:
             if exc.status != 409:
                 raise
             log.info("round %s: dropped, the round moved on (%s)", round_no, exc)
+
+    def _inline_weights(self, task: dict) -> bytes | None:
+        """The model carried in the task (`weights`, base64), checked against its
+        sha256; None when the task carries none (or a damaged copy: then download)."""
+        if not isinstance(task.get("weights"), str):
+            return None
+        try:
+            body = base64.b64decode(task["weights"], validate=True)
+        except ValueError:
+            return None
+        return body if hashlib.sha256(body).hexdigest() == str(task["sha256"]).lower() else None
 
     def _download(self, task: dict) -> bytes:
         """The model version's bytes, checked against the task's sha256 (and header)."""
@@ -112,12 +126,17 @@ class Trainer:
         return answer.body
 
     def _train(self, task: dict, weights: bytes) -> None:
+        """Train and upload the new weights; when the task says `evaluate_first`, the
+        received model is evaluated first and its metrics go with the update."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if task.get("evaluate_first"):
+            num_examples, metrics = self.site.evaluate(task, weights)
+            log.info("round %s: evaluated on %d examples: %s", task.get("round"), num_examples, _fmt(metrics))
+            headers.update({"X-Eval-Examples": str(num_examples), "X-Eval-Metrics": _json(metrics)})
         result = self.site.train(task, weights)
         log.info("round %s: trained on %d examples on %s: %s", task.get("round"),
                  result.num_examples, self.site.device, _fmt(result.metrics))
-        headers = {"Content-Type": "application/octet-stream",
-                   "X-Num-Examples": str(result.num_examples),
-                   "X-Metrics": _json(result.metrics)}
+        headers.update({"X-Num-Examples": str(result.num_examples), "X-Metrics": _json(result.metrics)})
         path = f"/api/v1/fl/rounds/{task['round_id']}/update"
         answer = self.backoff.call(
             lambda: self.client.request("POST", path, body=result.weights, headers=headers,
@@ -132,7 +151,6 @@ class Trainer:
         answer = self.backoff.call(lambda: self.client.post_json(path, payload), "evaluation upload")
         log.info("round %s: evaluation accepted (%s)", task.get("round"), answer.status)
 
-
     def _cross_validate(self, task: dict) -> None:
         """Evaluate every listed model (the global one, each site's last local one) on
         the local validation split; post them together."""
@@ -141,6 +159,7 @@ class Trainer:
             source = {"model_url": model["url"], "sha256": model["sha256"]}
             weights = self.backoff.call(lambda src=source: self._download(src), f"model of {model['source']}")
             num_examples, metrics = self.site.evaluate(task, weights)
+            metrics.pop("eval_s", None)  # the matrix compares models, not timings
             results.append({"source": model["source"], "num_examples": num_examples, "metrics": metrics})
             log.info("cross-site: model of %s on local data: %s", model["source"], _fmt(metrics))
         path = f"/api/v1/fl/rounds/{task['round_id']}/cross-site"
@@ -216,9 +235,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m nodes.agent.trainer",
                                      description="flportal trainer for one job (one site).")
     parser.add_argument("--portal", required=True, help="portal base URL, e.g. http://portal:8000")
-    parser.add_argument("--job", type=int, required=True, help="job id")
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--job", type=int, help="job id")
+    role.add_argument("--spare", action="store_true",
+                      help="warm trainer: import PyTorch, then take the job from one JSON line on "
+                           "stdin (nodes/agent/warmstart.py)")
+    parser.add_argument("--ready-fd", type=int, help="with --spare: file descriptor to write 'ready' to")
     parser.add_argument("--data-dir", required=True, type=Path, help="directory of local datasets")
-    parser.add_argument("--dataset", help="local dataset name (default: the job config's)")
+    parser.add_argument("--dataset", help="local dataset name (default: the job config's; a spare's "
+                                          "comes with its assignment)")
     parser.add_argument("--token-file", help=f"file holding the node token (default: ${NODE_TOKEN_ENV})")
     parser.add_argument("--wait", type=float, default=20.0, help="long-poll seconds per task request (max 25)")
     parser.add_argument("--max-offline", type=float, default=300.0,
@@ -228,14 +253,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="exit when this process stops being our parent (default: the parent at "
                              "start; 0 disables)")
-    return parser.parse_args(argv)
+    opts = parser.parse_args(argv)
+    if opts.spare and opts.dataset is not None:
+        parser.error("a spare's dataset comes with its assignment, not --dataset")
+    if opts.ready_fd is not None and not opts.spare:
+        parser.error("--ready-fd is for --spare only")
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the trainer; return its exit status (see the module docstring)."""
     opts = parse_args(argv)
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
-                        format=f"%(asctime)s %(levelname)s trainer[job {opts.job}]: %(message)s")
+
+    def log_as(tag: str, force: bool = False) -> None:  # a spare's lines say "spare" until it has a job
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, force=force,
+                            format=f"%(asctime)s %(levelname)s trainer[{tag}]: %(message)s")
+
+    log_as("spare" if opts.spare else f"job {opts.job}")
     watch_parent(os.getppid() if opts.parent_pid is None else opts.parent_pid)
     try:
         token = read_secret(env_var=NODE_TOKEN_ENV, file_path=opts.token_file,
@@ -243,6 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     except MissingSecret as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
+    if opts.spare:  # a warm trainer (nodes/agent/warmstart.py): warm up, then take a job
+        from nodes.agent.warmstart import AssignmentError, wait_for_assignment
+
+        try:
+            assignment = wait_for_assignment(opts.ready_fd, sys.stdin.buffer)
+        except AssignmentError as exc:
+            log.error("%s", exc)
+            return EXIT_REFUSED
+        if assignment is None:
+            log.error("stdin closed before any assignment: the agent is gone; exiting")
+            return EXIT_ORPHANED
+        opts.job, opts.dataset = assignment.job_id, assignment.dataset
+        log_as(f"job {opts.job}", force=True)
+        log.info("job %d: assigned to this warm trainer (dataset %s)", opts.job, opts.dataset)
     try:
         site = SiteLoader(opts.data_dir, opts.dataset)  # torch loads while the first task is polled
         log.info("job %d: portal %s", opts.job, opts.portal)

@@ -33,6 +33,8 @@ class Upload:
     num_examples: str | None
     metrics: str | None
     body: bytes
+    eval_examples: str | None = None
+    eval_metrics: str | None = None
 
 
 @dataclass
@@ -181,7 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
             load_state_dict(body)  # an unreadable upload fails the test loudly
         with self.portal.lock:
             self.portal.uploads.append(Upload(int(round_id), status, self.headers.get("X-Num-Examples"),
-                                              self.headers.get("X-Metrics"), body))
+                                              self.headers.get("X-Metrics"), body, self.headers.get("X-Eval-Examples"),
+                                              self.headers.get("X-Eval-Metrics")))
             update_id = len(self.portal.uploads)
         if status != 201:
             return self._refusal(status)

@@ -2,7 +2,11 @@
 portal with a stub site (no training, no subprocess)."""
 
 import hashlib
+import json
 import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -100,6 +104,72 @@ def test_client_never_sends_the_token_to_another_origin(portal):
     with pytest.raises(PortalRefusal, match="refusing to send the node token"):
         client.get("http://evil.example/api/v1/fl/jobs/1/models/0")
     assert client.url_for("/api/v1/fl/jobs/1/models/0") == portal.url + "/api/v1/fl/jobs/1/models/0"
+
+
+class KeepAliveServer:
+    """An HTTP/1.1 server that counts the connections it accepted; `drop_after` closes
+    a connection after that many answers (as a server closing idle connections does)."""
+
+    def __init__(self, drop_after: int | None = None):
+        outer = self
+        self.connections, self.requests = 0, []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                outer.connections += 1
+                self.answered = 0
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((self.path, body, self.headers["Authorization"]))
+                self.answered += 1
+                payload = json.dumps({"n": len(outer.requests)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                if drop_after is not None and self.answered >= drop_after:
+                    self.close_connection = True  # closed without telling the client
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_client_keeps_one_connection_for_many_calls():
+    server = KeepAliveServer()
+    try:
+        client = PortalClient(server.url, NODE_TOKEN)
+        answers = [client.post_json("/api/v1/fl/heartbeat", {"k": k}).json()["n"] for k in range(5)]
+    finally:
+        server.close()
+    assert answers == [1, 2, 3, 4, 5] and server.connections == 1
+    assert {auth for _, _, auth in server.requests} == {f"Node {NODE_TOKEN}"}
+
+
+def test_client_calls_again_on_a_new_connection_when_the_portal_closed_the_idle_one():
+    server = KeepAliveServer(drop_after=1)
+    try:
+        client = PortalClient(server.url, NODE_TOKEN)
+        answers = []
+        for k in range(3):
+            answers.append(client.post_json("/api/v1/fl/heartbeat", {"k": k}).json()["n"])
+            time.sleep(0.05)  # the server's close reaches the client's socket
+    finally:
+        server.close()
+    assert answers == [1, 2, 3] and server.connections == 3
+    assert [json.loads(body)["k"] for _, body, _ in server.requests] == [0, 1, 2]  # each sent once
 
 
 class StubSite:

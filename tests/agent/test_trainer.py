@@ -1,5 +1,6 @@
 """The real trainer process (``python -m nodes.agent.trainer``) against the fake portal."""
 
+import base64
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ CONFIG = {"model": "logreg", "model_params": MODEL_PARAMS, "optimizer": "sgd",
           "strategy": "fedavg", "proximal_mu": 0.0}
 # breast cancer is a binary task: AUROC too; on_cuda says which device trained
 UPDATE_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc", "compute_s", "on_cuda"}
+EVAL_METRICS = {"loss", "accuracy", "auroc", "eval_s"}  # eval_s: seconds of the evaluation's local work
 
 
 def model_bytes(seed: int) -> bytes:
@@ -126,14 +128,65 @@ def test_trainer_posts_the_evaluation_on_its_validation_split(scripted_run, site
     _, n_val = split_sizes(site_data)
     [(round_id, status, body)] = portal.evaluations
     assert (round_id, status, body["num_examples"]) == (11, 201, n_val)
-    assert set(body["metrics"]) == {"loss", "accuracy", "auroc"}
+    assert set(body["metrics"]) == EVAL_METRICS
     assert math.isfinite(body["metrics"]["loss"]) and 0.0 <= body["metrics"]["accuracy"] <= 1.0
+    assert body["metrics"]["eval_s"] > 0
 
 
 def test_trainer_drops_an_update_answered_409(scripted_run):
     _, output, portal = scripted_run
     assert [(u.round_id, u.status) for u in portal.uploads] == [(11, 201), (12, 409)]
     assert "round 2: dropped" in output
+
+
+def run_script(python, site_data, portal: FakePortal) -> tuple[int, str]:
+    portal.start()
+    try:
+        proc = subprocess.run(trainer_argv(python, portal.url, site_data),
+                              env=subprocess_env(FLPORTAL_NODE_TOKEN=NODE_TOKEN),
+                              capture_output=True, text=True, timeout=90)
+    finally:
+        portal.close()
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def inline(task: dict, data: bytes) -> dict:
+    return {**task, "weights": base64.b64encode(data).decode()}
+
+
+@pytest.fixture(scope="module")
+def folded_run(site_data, python):
+    """Train rounds that evaluate the received model first, with the model inside the
+    task: intact (round 2, nothing downloaded), damaged (round 3: downloaded instead)."""
+    v1, v2 = model_bytes(1), model_bytes(2)
+    portal = FakePortal(token=NODE_TOKEN, models={2: v2}, tasks=[
+        {**inline(round_task("train", 2, 12, 1, v1), v1), "evaluate_first": True},
+        {**inline(round_task("train", 3, 13, 2, v2), v1), "evaluate_first": True}])
+    returncode, output = run_script(python, site_data, portal)
+    return returncode, output, portal
+
+
+def test_trainer_evaluates_first_and_sends_the_evaluation_with_the_update(folded_run, site_data):
+    returncode, output, portal = folded_run
+    assert returncode == 0, output
+    _, n_val = split_sizes(site_data)
+    assert [(u.round_id, u.status, u.eval_examples) for u in portal.uploads] == [(12, 201, str(n_val)),
+                                                                               (13, 201, str(n_val))]
+    evaluation = json.loads(portal.uploads[0].eval_metrics)
+    assert set(evaluation) == EVAL_METRICS and 0.0 <= evaluation["accuracy"] <= 1.0
+    assert set(json.loads(portal.uploads[0].metrics)) == UPDATE_METRICS
+    assert portal.evaluations == []  # no separate evaluation request
+    assert output.index("round 2: evaluated on") < output.index("round 2: trained on")
+
+
+def test_trainer_uses_the_model_inside_the_task_and_downloads_a_damaged_one(folded_run):
+    _, output, portal = folded_run
+    assert portal.downloads == [(2, False)]  # round 2 downloaded nothing; round 3's copy did not match
+
+
+def test_trainer_without_evaluate_first_sends_no_evaluation(scripted_run):
+    _, _, portal = scripted_run
+    assert all(u.eval_examples is None and u.eval_metrics is None for u in portal.uploads)
 
 
 def test_trainer_exits_nonzero_when_the_token_is_refused(site_data, python, portal):
