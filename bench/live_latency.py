@@ -22,6 +22,7 @@ Targets (issue "Benchmarks"): p50 ≤ 20 ms and p95 ≤ 100 ms at 50 watchers.
 """
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -96,7 +97,10 @@ async def post_one(sim: SimNode, job_id: int, watchers: int, arrivals: dict, tim
     assert task["action"] in ("train", "evaluate"), task
     phase, path = ("fit", "update") if task["action"] == "train" else ("eval", "evaluation")
     metrics = {"train_loss": 0.5, "compute_s": 0.0} if phase == "fit" else {"loss": 0.4, "accuracy": 0.8}
-    post = sim.post_update if phase == "fit" else sim.post_evaluation
+    post = sim.post_evaluation
+    if phase == "fit":  # a round that evaluates first takes the evaluation with the update
+        evaluation = (50, {"loss": 0.4, "accuracy": 0.8}) if task.get("evaluate_first") else None
+        post = functools.partial(sim.post_update, evaluation=evaluation)
     key = (sim.name, task["round"], phase)
     slot = arrivals[key] = {"times": [], "expected": watchers, "done": asyncio.Event()}
     t0 = time.perf_counter()
@@ -132,7 +136,7 @@ async def run_job(stack, sims: list[SimNode], cookie: str, watchers: int, rounds
         try:
             started = await client.post(f"/api/v1/jobs/{job['id']}/start/", headers=headers)
             assert started.status_code == 200, started.text
-            for _ in range(rounds * 2):  # a train and an evaluate round each
+            for _ in range(rounds + 1):  # the train rounds (each evaluating the last model first), the last evaluation
                 for sim in sims:
                     await post_one(sim, job["id"], watchers, arrivals, timings)
             final = await _wait_status(client, headers, job["id"])
@@ -282,7 +286,7 @@ def main() -> int:
         "targets": {"p50_ms": TARGET_P50_MS, "p95_ms": TARGET_P95_MS, "watchers": max(WATCHERS)},
         "summary_md": md + "\n\nTime from just before a node's POST (update or evaluation, FL API) to each "
                            "websocket watcher's receipt of the `metrics` event. "
-                           f"{opts.nodes} simulated nodes, {opts.rounds} train + {opts.rounds} evaluate rounds "
+                           f"{opts.nodes} simulated nodes, {opts.rounds} train rounds (evaluating the model they receive) + the last evaluation "
                            "per watcher count. post_p50_ms: the POST's own round trip (the event is sent on commit, "
                            "before the answer). portal_cpu_ms_per_event: the portal process's CPU time for the whole job (posts, "
                            "task polls, heartbeats, fan-out to the watchers, the idle wait) per measured event. idle_dropped: watchers whose websocket closed while the job was quiet "

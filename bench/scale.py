@@ -38,7 +38,7 @@ TARGET_RATIO = 12.0
 ENV = {"FLPORTAL_HEARTBEAT_INTERVAL_S": "30", "FLPORTAL_NODE_OFFLINE_AFTER_S": "120"}
 # Each size's job is cancelled (and reported "timed out") past this, so the whole
 # benchmark stays under 5 minutes even when the portal cannot keep up.
-JOB_TIMEOUT_S = {100: 45, 300: 45, 1000: 50}
+JOB_TIMEOUT_S = {100: 60, 300: 45, 1000: 50}
 
 
 class Fleet:
@@ -122,12 +122,19 @@ async def run_size(fleet: Fleet, client, names: list[str], rounds: int, bench: B
 
 
 async def _rounds(client, headers, job_id: int, attempts: int = 10) -> list[dict]:
-    for _ in range(attempts):
-        answer = await client.get(f"/api/v1/jobs/{job_id}/rounds/", headers=headers, timeout=120)
-        if answer.status_code == 200:
-            return answer.json()
-        await asyncio.sleep(2)
-    raise RuntimeError(f"rounds of job {job_id}: {answer.status_code} {answer.text[:300]}")
+    """Every round of the job (following the pages), retrying a page that failed."""
+    rounds, url = [], f"/api/v1/jobs/{job_id}/rounds/?limit=100"
+    while url:
+        for _ in range(attempts):
+            answer = await client.get(url, headers=headers, timeout=120)
+            if answer.status_code == 200:
+                break
+            await asyncio.sleep(2)
+        else:
+            raise RuntimeError(f"rounds of job {job_id}: {answer.status_code} {answer.text[:300]}")
+        rounds += answer.json()["results"]
+        url = answer.json()["next"]
+    return rounds
 
 
 def _seconds(opened: str, closed: str | None) -> float | None:

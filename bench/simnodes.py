@@ -9,11 +9,13 @@ that talk to a real portal through its public paths only.
   Celery tasks call `POST <agent_url>/runs` as they would a real agent; the fake answers
   201 with a run (the agent key is checked on the agent side; the fake accepts any) and
   tells the benchmark which node's trainer to start.
-- `SimNode`: a node's heartbeat and its trainer loop (long-polled task, download with
-  checksum, precomputed update or evaluation), no training. Every answer that is not
-  2xx is counted as a failure.
+- `SimNode`: a node's heartbeat and its trainer loop (long-polled task, the model from
+  the task or downloaded, checked; a precomputed update, with an evaluation when the
+  round evaluates first, or an evaluation), no training. Every answer that is not 2xx
+  is counted as a failure.
 """
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -204,23 +206,39 @@ class SimNode:
                 await asyncio.sleep(pause)
 
     async def do_task(self, task: dict) -> None:
-        model = await self.request("GET", task["model_url"], timeout=60)
-        if model is None:
-            return
-        if hashlib.sha256(model.content).hexdigest() != task["sha256"]:
-            self.stats.fail(f"{self.name}: checksum mismatch for {task['model_url']}")
+        if not await self.model_of(task):
             return
         if task["action"] == "train":
-            await self.post_update(task["round_id"], task["round"])
+            evaluation = (50, {"loss": 0.4, "accuracy": 0.85, "eval_s": 0.0}) if task.get("evaluate_first") else None
+            await self.post_update(task["round_id"], task["round"], evaluation=evaluation)
         else:
             await self.post_evaluation(task["round_id"], task["round"])
 
-    async def post_update(self, round_id: int, round_number: int, metrics: dict | None = None):
+    async def model_of(self, task: dict) -> bytes | None:
+        """The task's model: inside the task when it is small, else downloaded; checked
+        against its sha256 (a mismatch is a failure)."""
+        if task.get("weights"):
+            data = base64.b64decode(task["weights"])
+        else:
+            model = await self.request("GET", task["model_url"], timeout=60)
+            if model is None:
+                return None
+            data = model.content
+        if hashlib.sha256(data).hexdigest() != task["sha256"]:
+            self.stats.fail(f"{self.name}: checksum mismatch for {task['model_url']}")
+            return None
+        return data
+
+    async def post_update(self, round_id: int, round_number: int, metrics: dict | None = None,
+                          evaluation: tuple[int, dict] | None = None):
         body = self.updates[hash((self.name, round_number)) % len(self.updates)]
         metrics = metrics or {"train_loss": 0.5, "train_accuracy": 0.8, "compute_s": 0.0}
+        headers = {"Content-Type": "application/octet-stream", "X-Num-Examples": "100",
+                   "X-Metrics": json.dumps(metrics)}
+        if evaluation is not None:
+            headers.update({"X-Eval-Examples": str(evaluation[0]), "X-Eval-Metrics": json.dumps(evaluation[1])})
         return await self.request("POST", f"/api/v1/fl/rounds/{round_id}/update", content=body, timeout=60,
-                                  headers={"Content-Type": "application/octet-stream", "X-Num-Examples": "100",
-                                           "X-Metrics": json.dumps(metrics)})
+                                  headers=headers)
 
     async def post_evaluation(self, round_id: int, round_number: int, metrics: dict | None = None):
         metrics = metrics or {"loss": 0.4, "accuracy": 0.85}
@@ -230,7 +248,7 @@ class SimNode:
 
 def async_client(base_url: str, connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, timeout=60, follow_redirects=False,
-                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=0))
+                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
 
 
 # --- a portal to benchmark -------------------------------------------------------------

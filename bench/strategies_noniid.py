@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flportal.localstack import LocalStack  # noqa: E402
+from flportal.localstack import LocalStack, all_pages  # noqa: E402
 
 STRATEGIES = [("fedavg", {}), ("fedprox", {"mu": 0.01}), ("fedadam", {"eta": 0.05}), ("fedmedian", {})]
 
@@ -45,10 +45,11 @@ def _job(stack, strategy: str, params: dict, rounds: int, model: str) -> dict:
                                               "start": True, "spec": spec}).json()
     job = stack.wait_job(job["id"], timeout=600)
     with stack.api() as api:
-        evaluated = [r for r in api.get(f"/api/v1/jobs/{job['id']}/rounds/").json() if r["kind"] == "evaluate"]
+        evaluated = [r["evaluation"] for r in all_pages(api, f"/api/v1/jobs/{job['id']}/rounds/")
+                     if r["kind"] == "train"]
     return {"strategy": strategy, "params": params, "status": job["status"], "rounds": rounds,
-            "final_accuracy": evaluated[-1]["metrics"]["accuracy"], "final_loss": evaluated[-1]["metrics"]["loss"],
-            "accuracy_by_round": [r["metrics"]["accuracy"] for r in evaluated],
+            "final_accuracy": evaluated[-1]["accuracy"], "final_loss": evaluated[-1]["loss"],
+            "accuracy_by_round": [e["accuracy"] for e in evaluated],
             "seconds": time.monotonic() - started}
 
 

@@ -68,6 +68,18 @@ def drop_database(database: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return children
+
+
 @dataclass
 class Agent:
     name: str
@@ -169,8 +181,15 @@ class LocalStack:
         return agent.process
 
     def kill_agent(self, agent: Agent) -> None:
-        """A site dies: SIGKILL the agent (its trainers notice and exit)."""
-        agent.process.kill()
+        """A site dies: SIGKILL the agent and, at the same moment, its trainers (each in
+        its own process group). An orphaned trainer would exit by itself, but only at
+        its next parent check, by which time it may have answered another round."""
+        groups = [agent.process.pid] + _children(agent.process.pid)
+        for pid in groups:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         agent.process.wait(10)
 
     def api(self) -> httpx.Client:

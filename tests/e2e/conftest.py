@@ -8,7 +8,7 @@ import psycopg
 import pytest
 import redis
 
-from flportal.localstack import LocalStack, drop_database, production_env
+from flportal.localstack import LocalStack, all_pages, drop_database, production_env
 
 FAST = {  # short timings so fault tests end in seconds, not minutes
     "FLPORTAL_HEARTBEAT_INTERVAL_S": "1",
@@ -87,7 +87,7 @@ def assert_job_complete(stack: LocalStack, job_id: int, *, rounds: int, nodes: i
     """Every train round has `nodes` accepted updates, a model version whose sha256
     matches its downloaded bytes, and aggregated metrics; returns the rounds."""
     with stack.api() as api:
-        all_rounds = api.get(f"/api/v1/jobs/{job_id}/rounds/").json()
+        all_rounds = all_pages(api, f"/api/v1/jobs/{job_id}/rounds/")
         train = [r for r in all_rounds if r["kind"] == "train"]
         assert [r["number"] for r in train] == list(range(1, rounds + 1))
         for rnd in train:
@@ -98,8 +98,9 @@ def assert_job_complete(stack: LocalStack, job_id: int, *, rounds: int, nodes: i
             blob = api.get(f"/api/v1/jobs/{job_id}/models/{rnd['number']}/download/").content
             assert hashlib.sha256(blob).hexdigest() == version["sha256"] and len(blob) == version["bytes"]
             assert {"train_loss", "val_accuracy", "num_examples"} <= set(rnd["metrics"]), rnd["metrics"]
-        evaluated = [r for r in all_rounds if r["kind"] == "evaluate"]
-        assert evaluated and all({"loss", "accuracy"} <= set(r["metrics"]) for r in evaluated)
+        # every model was evaluated: on the way into the next round, the last in its own round
+        assert all({"loss", "accuracy"} <= set(r["evaluation"]) for r in train), [r["evaluation"] for r in train]
+        assert [r["number"] for r in all_rounds if r["kind"] == "evaluate"] == [rounds]
     return all_rounds
 
 

@@ -8,6 +8,7 @@ from jobs.fl.data import load_dataset, train_val_split
 from jobs.fl.networks import build_model
 from jobs.fl.serialization import load_state_dict
 from jobs.fl.training import evaluate
+from flportal.localstack import all_pages
 from tests.e2e.conftest import launch
 
 pytestmark = pytest.mark.e2e
@@ -37,10 +38,10 @@ def test_strategy_learns_on_non_iid_digits(digits_stack, strategy, strategy_para
     print(f"{strategy}: round-0 accuracy {start:.4f}, final {final:.4f}")
     assert final > start + 0.2
     with digits_stack.api() as api:
-        evaluated = [r for r in api.get(f"/api/v1/jobs/{job_id}/rounds/").json() if r["kind"] == "evaluate"]
-        assert [r["number"] for r in evaluated] == list(range(1, ROUNDS + 1))
-        assert all(0 <= r["metrics"]["accuracy"] <= 1 and r["metrics"]["num_nodes"] == 3 for r in evaluated)
-        per_node = api.get(f"/api/v1/jobs/{job_id}/metrics/", params={"phase": "eval", "name": "accuracy"}).json()
+        trained = [r for r in all_pages(api, f"/api/v1/jobs/{job_id}/rounds/") if r["kind"] == "train"]
+        assert [r["number"] for r in trained] == list(range(1, ROUNDS + 1))
+        assert all(0 <= r["evaluation"]["accuracy"] <= 1 and r["evaluation"]["num_nodes"] == 3 for r in trained)
+        per_node = all_pages(api, f"/api/v1/jobs/{job_id}/metrics/", {"phase": "eval", "name": "accuracy"})
         assert len([p for p in per_node if p["node"]]) == 3 * ROUNDS
         if extra.get("cross_site_validation"):
             matrix = api.get(f"/api/v1/jobs/{job_id}/cross-site/").json()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from flportal.localstack import all_pages
 from jobs.fl.data import load_dataset, train_val_split
 from jobs.fl.networks import build_model
 from jobs.fl.serialization import load_state_dict
@@ -59,7 +60,7 @@ def _wait_round_open(stack, job_id, number, timeout=60):
     end = time.monotonic() + timeout
     with stack.api() as api:
         while time.monotonic() < end:
-            rounds = api.get(f"/api/v1/jobs/{job_id}/rounds/").json()
+            rounds = all_pages(api, f"/api/v1/jobs/{job_id}/rounds/")
             if any(r["number"] >= number and r["kind"] == "train" for r in rounds):
                 return
             time.sleep(0.2)
@@ -75,13 +76,14 @@ def test_dead_node_is_dropped_and_job_still_succeeds(embedded_stack):
     """clients_required=2 of 3: killing one agent mid-job drops it from its round, the
     job succeeds, and the node goes offline after the heartbeat timeout."""
     victim = embedded_stack.agents[2]
-    job_id = launch(embedded_stack, rounds=4, clients_required=2, round_timeout_s=20, seed=1)
+    # many rounds: a round takes a fraction of a second, and the site must die mid-job
+    job_id = launch(embedded_stack, rounds=40, clients_required=2, round_timeout_s=20, seed=1)
     _wait_round_open(embedded_stack, job_id, 2)
     embedded_stack.kill_agent(victim)
     job = embedded_stack.wait_job(job_id, timeout=180)
     assert job["status"] == "succeeded", job["status_reason"]
     with embedded_stack.api() as api:
-        rounds = api.get(f"/api/v1/jobs/{job_id}/rounds/").json()
+        rounds = all_pages(api, f"/api/v1/jobs/{job_id}/rounds/")
     assert any(victim.name in r["dropped"] for r in rounds), rounds
     embedded_stack.wait_for(lambda: _node_status(embedded_stack, victim.name) == "offline", 15,
                             f"{victim.name} to go offline")
@@ -93,7 +95,7 @@ def test_dead_node_fails_job_that_requires_every_node(embedded_stack):
     """clients_required=3 of 3: the job ends failed, with a reason that names the
     missing node, and is never left running."""
     victim = embedded_stack.agents[1]
-    job_id = launch(embedded_stack, rounds=4, clients_required=3, round_timeout_s=20, seed=2)
+    job_id = launch(embedded_stack, rounds=40, clients_required=3, round_timeout_s=20, seed=2)
     _wait_round_open(embedded_stack, job_id, 2)
     embedded_stack.kill_agent(victim)
     job = embedded_stack.wait_job(job_id, timeout=120)
