@@ -24,6 +24,10 @@ def test_strategy_entries_say_what_the_server_must_do():
     assert by_name["krum"]["needs_all_updates"] and not by_name["krum"]["stateful"]
     assert by_name["fedadam"]["stateful"] and not by_name["fedadam"]["needs_all_updates"]
     assert by_name["fedprox"]["schema"]["mu"]["default"] == 0.01
+    for name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
+        sums = by_name[name]["schema"]["sums"]
+        assert sums["choices"] == ["float32", "float64"] and sums["default"] == "float32", name
+    assert "sums" not in by_name["fedmedian"]["schema"] and "sums" not in by_name["krum"]["schema"]
 
 
 def test_catalog_is_a_copy_and_shows_user_models(monkeypatch):

@@ -94,10 +94,45 @@ def test_single_update_is_returned_unchanged():
 
 
 def test_float64_accumulation_avoids_float32_rounding():
-    agg = FedAvg({"w": torch.zeros(1)}, {})
-    for value in [1e8, 1.0, -1e8]:  # float32 running sums would lose the 1.0
+    agg = FedAvg({"w": torch.zeros(1)}, {"sums": "float64"})
+    for value in [1e8, 1.0, -1e8]:  # float32 running sums lose the 1.0 (test_streaming_aggregation.py)
         agg.add({"w": torch.tensor([value])}, 1)
     assert agg.result()["w"].item() == pytest.approx(1 / 3)
+
+
+SUMMING = ["fedadagrad", "fedadam", "fedavg", "fedavgm", "fedprox", "fedyogi"]  # built on FedAvg's sums
+
+
+def test_the_strategies_built_on_fedavgs_sums_offer_their_dtype_float32_by_default():
+    assert sorted(name for name, cls in STRATEGIES.items() if "sums" in cls.schema) == SUMMING
+    for name in SUMMING:
+        spec = get_strategy(name).schema["sums"]
+        assert spec["type"] == "choice" and spec["choices"] == ["float32", "float64"] and spec["help"]
+        assert get_strategy(name)(global_state(), None).params["sums"] == "float32"
+    assert FedAvg(global_state(), {}).params == {"weighted": True, "sums": "float32"}
+
+
+def test_the_default_sums_are_the_float32_ones():
+    """``{}`` and ``{"sums": "float32"}`` give the same bits, ``{"sums": "float64"}`` others."""
+    gen = torch.Generator().manual_seed(0)
+    updates = [{"w": torch.randn(1000, generator=gen)} for _ in range(7)]
+    results = {}
+    for key, params in [("default", {}), ("float32", {"sums": "float32"}), ("float64", {"sums": "float64"})]:
+        agg = FedAvg({"w": torch.zeros(1000)}, params)
+        for k, upd in enumerate(updates):
+            agg.add(upd, 3 + 10 * k)
+        results[key] = agg.result()["w"]
+    assert torch.equal(results["default"], results["float32"])
+    assert not torch.equal(results["float32"], results["float64"])
+
+
+@pytest.mark.parametrize("name", SUMMING)
+@pytest.mark.parametrize("bad", ["float16", "bfloat16", "FLOAT32", 32, True, None])
+def test_an_unknown_sums_dtype_is_refused(name, bad):
+    with pytest.raises(ParamError) as info:
+        get_strategy(name)(global_state(), {"sums": bad})
+    assert info.value.field == "strategy_params.sums"
+    assert "'float32', 'float64'" in info.value.message
 
 
 def test_streaming_keeps_no_reference_to_added_tensors():

@@ -161,15 +161,17 @@ def small_model_state():
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("sums", [None, "float64"])  # None: the default, float32 sums
 @pytest.mark.parametrize("name", STATEFUL)
-def test_restart_from_a_persisted_state_is_bit_identical(name, tmp_path):
+def test_restart_from_a_persisted_state_is_bit_identical(name, sums, tmp_path):
     cls, rounds = get_strategy(name), list(random_updates(small_model_state(), 4, 3, seed=1))
+    params = {"sums": sums} if sums else None
     kept_global, kept_state = small_model_state(), None
     disk_global, disk_state = small_model_state(), None
     for number, updates in enumerate(rounds):
-        kept_global, kept_state = run_round(cls, kept_global, None, updates, kept_state)
+        kept_global, kept_state = run_round(cls, kept_global, params, updates, kept_state)
         # The restarted worker reads the model and the server state back from safetensors.
-        disk_global, state = run_round(cls, disk_global, None, updates, disk_state)
+        disk_global, state = run_round(cls, disk_global, params, updates, disk_state)
         save_state_dict(state, tmp_path / f"state-{number}.safetensors")
         disk_state = load_state_dict(tmp_path / f"state-{number}.safetensors")
         disk_global = load_state_dict(state_dict_to_bytes(disk_global))
@@ -240,13 +242,15 @@ def test_empty_server_state_means_first_round():
 
 
 def test_fedopt_defaults_follow_flower_and_the_paper():
+    # float32 sums, as Flower's aggregate sums float32 updates
     assert {k: v["default"] for k, v in FedAdam.schema.items()} == {
-        "weighted": True, "eta": 0.1, "eta_l": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}
+        "weighted": True, "eta": 0.1, "eta_l": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3, "sums": "float32"}
     assert {k: v["default"] for k, v in FedYogi.schema.items()} == {
-        "weighted": True, "eta": 0.01, "eta_l": 0.0316, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}
+        "weighted": True, "eta": 0.01, "eta_l": 0.0316, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3,
+        "sums": "float32"}
     assert {k: v["default"] for k, v in FedAdagrad.schema.items()} == {
-        "weighted": True, "eta": 0.1, "eta_l": 0.1, "beta_1": 0.0, "tau": 1e-3}
+        "weighted": True, "eta": 0.1, "eta_l": 0.1, "beta_1": 0.0, "tau": 1e-3, "sums": "float32"}
     assert {k: v["default"] for k, v in FedAvgM.schema.items()} == {
-        "weighted": True, "server_lr": 1.0, "momentum": 0.9}
+        "weighted": True, "server_lr": 1.0, "momentum": 0.9, "sums": "float32"}
     for cls in (FedAdam, FedYogi, FedAdagrad):
         assert "Reddi" in cls.description and "informational" in cls.schema["eta_l"]["help"]

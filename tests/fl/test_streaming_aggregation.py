@@ -1,8 +1,9 @@
 """FedAvg folds updates in through a small buffer, slice by slice, and update validation
 reads tensor data block by block: both must give exactly what the whole-tensor
 computations give (bench/aggregation.py and bench/transfer.py measure the memory).
-With ``FedAvg.float32_sums`` the float sums are float32: their error must stay within
-the bound fedavg.py documents."""
+With ``{"sums": "float32"}`` (the default) the float sums are float32: their error must
+stay within the bound fedavg.py documents; ``{"sums": "float64"}`` gives the whole-tensor
+float64 sums exactly."""
 import math
 
 import pytest
@@ -16,12 +17,9 @@ from jobs.fl.strategies import fedavg as fedavg_module
 from jobs.fl.strategies.base import cast_like
 
 F32_TYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@pytest.fixture
-def float32_sums(monkeypatch):
-    """FedAvg (and its subclasses) sum float32, float16 and bfloat16 tensors in float32."""
-    monkeypatch.setattr(FedAvg, "float32_sums", True)
+#: FedAvg (and its subclasses) sum float32, float16 and bfloat16 tensors in float32 (the
+#: default, spelled out) or in float64.
+FLOAT32_SUMS, FLOAT64_SUMS = {"sums": "float32"}, {"sums": "float64"}
 
 
 def naive_fedavg(global_state, updates, weights):
@@ -66,12 +64,11 @@ def gamma(n, u=2.0 ** -24):
     return n * u / (1 - n * u)
 
 
-@pytest.mark.parametrize("float32", [False, True], ids=["float64-sums", "float32-sums"])
+@pytest.mark.parametrize("sums", ["float64", "float32"])
 @pytest.mark.parametrize("slice_bounds", [(7, 7), (64, 256), (1 << 14, 1 << 18)])
-def test_sliced_fedavg_is_bit_identical_to_whole_tensor_sums(monkeypatch, slice_bounds, float32):
+def test_sliced_fedavg_is_bit_identical_to_whole_tensor_sums(monkeypatch, slice_bounds, sums):
     monkeypatch.setattr(fedavg_module, "MIN_SLICE", slice_bounds[0])
     monkeypatch.setattr(fedavg_module, "MAX_SLICE", slice_bounds[1])
-    monkeypatch.setattr(FedAvg, "float32_sums", float32)
     gen = torch.Generator().manual_seed(0)
     global_state = random_state(gen)
     updates = [random_state(gen) for _ in range(5)]
@@ -79,10 +76,10 @@ def test_sliced_fedavg_is_bit_identical_to_whole_tensor_sums(monkeypatch, slice_
         updates[k]["w"] = updates[k]["w"].t().contiguous().t()
         updates[k]["h"] = torch.stack([updates[k]["h"], updates[k]["h"]], dim=1)[:, 0]  # stride 2
     weights = [3, 1000, 7, 1, 250]
-    agg = FedAvg(global_state, {})
+    agg = FedAvg(global_state, {"sums": sums})
     for update, weight in zip(updates, weights):
         agg.add(update, weight)
-    expected = (naive_float32_fedavg if float32 else naive_fedavg)(global_state, updates, weights)
+    expected = (naive_float32_fedavg if sums == "float32" else naive_fedavg)(global_state, updates, weights)
     for _ in range(2):  # result() may be called again
         out = agg.result()
         for name, tensor in expected.items():
@@ -91,23 +88,22 @@ def test_sliced_fedavg_is_bit_identical_to_whole_tensor_sums(monkeypatch, slice_
 
 
 def test_server_optimizers_see_the_same_means(monkeypatch):
-    monkeypatch.setattr(FedAvg, "float32_sums", False)  # float64 sums: the exact means
     monkeypatch.setattr(fedavg_module, "MAX_SLICE", 64)
     monkeypatch.setattr(fedavg_module, "MIN_SLICE", 64)
     gen = torch.Generator().manual_seed(1)
     global_state = {"w": torch.randn(50, 40, generator=gen)}
     updates = [{"w": torch.randn(50, 40, generator=gen)} for _ in range(3)]
-    agg = FedAvgM(global_state, {})
+    agg = FedAvgM(global_state, FLOAT64_SUMS)  # float64 sums: the exact means
     for k, update in enumerate(updates):
         agg.add(update, k + 1)
     mean = sum(u["w"].double() * (k + 1) for k, u in enumerate(updates)) / 6
     assert torch.allclose(agg.weighted_means()["w"], mean, rtol=0, atol=1e-12)
 
 
-def test_server_optimizers_see_float32_sums_within_the_bound(float32_sums):
+def test_server_optimizers_see_float32_sums_within_the_bound():
     gen = torch.Generator().manual_seed(1)
     updates = [{"w": torch.randn(50, 40, generator=gen)} for _ in range(3)]
-    agg = FedAvgM({"w": torch.zeros(50, 40)}, {})
+    agg = FedAvgM({"w": torch.zeros(50, 40)}, FLOAT32_SUMS)
     for k, update in enumerate(updates):
         agg.add(update, k + 1)
     means = agg.weighted_means()["w"]
@@ -128,13 +124,13 @@ def realistic_round(n, size, seed):
 
 
 @pytest.mark.parametrize("n", [2, 5, 50])
-def test_float32_sums_stay_within_the_documented_bound(float32_sums, n):
+def test_float32_sums_stay_within_the_documented_bound(n):
     """Each element within gamma(N + 3) * sum_k (w_k / W) |t_k| of the exact weighted mean
     (computed in float64, whose own error is ~N * 2**-53 of the same magnitude): recursive
     summation (Higham 2002, eq. 4.4), plus the rounding of w_k / w_1, of each scaled term
     and of the final division."""
     global_w, updates, weights = realistic_round(n, 200_000, seed=n)
-    agg = FedAvg({"w": global_w}, {})
+    agg = FedAvg({"w": global_w}, FLOAT32_SUMS)
     for update, weight in zip(updates, weights):
         agg.add({"w": update}, weight)
     out = agg.result()["w"].double()
@@ -148,8 +144,8 @@ def test_float32_sums_stay_within_the_documented_bound(float32_sums, n):
     assert float((out - exact).abs().max() / exact.abs().max()) < 4 * 2.0 ** -24 * math.sqrt(n)
 
 
-def test_float32_sums_lose_what_cancels_below_float32_resolution(float32_sums):
-    agg = FedAvg({"w": torch.zeros(1)}, {})
+def test_float32_sums_lose_what_cancels_below_float32_resolution():
+    agg = FedAvg({"w": torch.zeros(1)}, FLOAT32_SUMS)
     for value in [1e8, 1.0, -1e8]:  # what float64 sums keep (tests/fl/test_strategies.py)
         agg.add({"w": torch.tensor([value])}, 1)
     result = agg.result()["w"].item()
@@ -158,13 +154,13 @@ def test_float32_sums_lose_what_cancels_below_float32_resolution(float32_sums):
 
 
 @pytest.mark.parametrize("dtype, unit", [(torch.float16, 2.0 ** -11), (torch.bfloat16, 2.0 ** -8)])
-def test_float32_sums_of_half_precision_round_once_more(float32_sums, dtype, unit):
+def test_float32_sums_of_half_precision_round_once_more(dtype, unit):
     """float16 and bfloat16 sum in float32, whose error (<= gamma(N + 3)) is far below their
     own half step: the mean is within one of their steps of the exact mean, correctly
     rounded almost everywhere."""
     global_w, updates, weights = realistic_round(50, 50_000, seed=3)
     updates = [u.to(dtype) for u in updates]
-    agg = FedAvg({"w": global_w.to(dtype)}, {})
+    agg = FedAvg({"w": global_w.to(dtype)}, FLOAT32_SUMS)
     for update, weight in zip(updates, weights):
         agg.add({"w": update}, weight)
     out = agg.result()["w"]
@@ -175,18 +171,18 @@ def test_float32_sums_of_half_precision_round_once_more(float32_sums, dtype, uni
     assert float((out != exact.to(dtype)).float().mean()) < 1e-3
 
 
-def test_float32_sums_return_a_single_update_bit_for_bit(float32_sums):
+def test_float32_sums_return_a_single_update_bit_for_bit():
     gen = torch.Generator().manual_seed(4)
     update = {"w": torch.randn(10_000, generator=gen), "h": torch.randn(99, generator=gen).half()}
-    agg = FedAvg({"w": torch.zeros(10_000), "h": torch.zeros(99).half()}, {})
+    agg = FedAvg({"w": torch.zeros(10_000), "h": torch.zeros(99).half()}, FLOAT32_SUMS)
     agg.add(update, 7)  # float32 (t * 7) / 7 differs from t in about 10 % of elements
     out = agg.result()
     assert torch.equal(out["w"], update["w"]) and torch.equal(out["h"], update["h"])
 
 
-def test_float32_sums_keep_integer_and_bool_buffers_exact(float32_sums):
+def test_float32_sums_keep_integer_and_bool_buffers_exact():
     state = {"count": torch.tensor(0), "flag": torch.zeros(3, dtype=torch.bool), "w": torch.zeros(2)}
-    agg = FedAvg(state, {})
+    agg = FedAvg(state, FLOAT32_SUMS)
     for count, flag, weight in [(11, [1, 0, 1], 3), (12, [0, 0, 1], 3), (14, [1, 1, 0], 2)]:
         agg.add({"count": torch.tensor(count), "flag": torch.tensor(flag, dtype=torch.bool),
                  "w": torch.ones(2)}, weight)
@@ -196,12 +192,11 @@ def test_float32_sums_keep_integer_and_bool_buffers_exact(float32_sums):
     assert out["count"].dtype == torch.int64 and out["flag"].dtype == torch.bool
 
 
-@pytest.mark.parametrize("float32", [False, True], ids=["float64-sums", "float32-sums"])
-def test_updates_with_no_examples_add_nothing(monkeypatch, float32):
-    monkeypatch.setattr(FedAvg, "float32_sums", float32)
+@pytest.mark.parametrize("sums", ["float64", "float32"])
+def test_updates_with_no_examples_add_nothing(sums):
     gen = torch.Generator().manual_seed(5)
     update = {"w": torch.randn(300, generator=gen)}
-    agg = FedAvg({"w": torch.zeros(300)}, {})
+    agg = FedAvg({"w": torch.zeros(300)}, {"sums": sums})
     agg.add({"w": torch.full((300,), 3e38)}, 0)  # first, and 0 * its values would still be added
     agg.add(update, 9)
     agg.add({"w": torch.full((300,), float("inf"))}, 0)

@@ -1,36 +1,40 @@
 """FedAvg (McMahan et al., 2017) and FedProx (Li et al., 2020): the weighted mean.
 
-Which dtype the running sums use, and why (``FedAvg.float32_sums``):
+Which dtype the running sums use is the strategy parameter ``sums`` (``SUMS``), in the
+schema of FedAvg and of every strategy built on its sums (FedProx, FedAvgM, FedAdam,
+FedYogi, FedAdagrad): each job chooses, and job creation validates the choice against
+the catalog like any other parameter. It applies to float32, float16 and bfloat16
+tensors; integer and bool tensors always sum in float64 (exact up to 2**53), and float64
+tensors too.
 
-- float64 sums (the default): a float32 (or float16, bfloat16) value times an integer
-  weight below 2**29 is exact in float64, and a sum of 50 such terms is correct to about
-  1e-14 of the sum of their magnitudes, so a sum that cancels keeps its small terms
-  (``1e8 + 1 - 1e8`` gives 1). Each update costs a read of the update and a read and a
-  write of the float64 sums, 20 bytes of memory traffic per parameter, and the sums take
-  two float32 models of memory.
-- float32 sums (``float32_sums = True``), for float32, float16 and bfloat16 tensors:
-  12 bytes per parameter per update and one model of memory, what a raw float32
-  ``acc.add_(t, alpha=w)`` costs; Flower's ``aggregate`` and PyTorch's all-reduce sum
-  float32 in float32 too. The sums hold ``sum_k (w_k / w_1) * t_k``, relative to the
-  first update's weight, so that term is exact and a single update comes back bit for
-  bit. Each element of the mean is within ``gamma(N + 3) * sum_k (w_k / W) * |t_k|`` of
-  the exact one, ``gamma(n) = n u / (1 - n u)``, ``u = 2**-24``: recursive summation
-  (Higham 2002, eq. 4.4) of N terms, each rounded at most N - 1 times by the additions,
-  once as ``w_k / w_1`` and once as a product, then twice by the division by ``W / w_1``.
-  That is 3.2e-6 of the mean magnitude at N = 50 (bench/aggregation.py measures its
-  worst case on random updates). But a sum that cancels loses what is below float32's
+- ``"float32"`` (the default): 12 bytes of memory traffic per parameter per update (a
+  read of the update, a read and a write of the sums) and one float32 model of memory,
+  what a raw float32 ``acc.add_(t, alpha=w)`` costs. The sums hold
+  ``sum_k (w_k / w_1) * t_k``, relative to the first update's weight, so that term is
+  exact and a single update comes back bit for bit. Each element of the mean is within
+  ``gamma(N + 3) * sum_k (w_k / W) * |t_k|`` of the exact one,
+  ``gamma(n) = n u / (1 - n u)``, ``u = 2**-24``: recursive summation (Higham 2002,
+  eq. 4.4) of N terms, each rounded at most N - 1 times by the additions, once as
+  ``w_k / w_1`` and once as a product, then twice by the division by ``W / w_1``. That
+  is 3.2e-6 of the mean magnitude at N = 50 (bench/aggregation.py measures its worst
+  case on random updates). But a sum that cancels loses what is below float32's
   resolution of its largest terms (``1e8 + 1 - 1e8`` gives 0).
+- ``"float64"``: a float32 (or float16, bfloat16) value times an integer weight below
+  2**29 is exact in float64, and a sum of 50 such terms is correct to about 1e-14 of the
+  sum of their magnitudes, so a sum that cancels keeps its small terms
+  (``1e8 + 1 - 1e8`` gives 1). It costs 20 bytes of memory traffic per parameter per
+  update and two float32 models of memory for the sums.
 
-float64 stays the default because it is the contract the portal was built with (a
-cancelling sum keeps its small terms; tests/fl/test_strategies.py holds it to that);
-turning float32 sums on changes that contract for the speed and memory
-bench/aggregation.py measures. Integer and bool tensors always sum in float64 (exact up
-to 2**53), and float64 tensors too.
+float32 is the default because the aggregation targets (time within 1.5x a raw float32
+in-place sum, peak memory within 3 models above the global state) cannot be met with
+float64 sums, which move 5/3 of the bytes and take twice the memory (bench/aggregation.py
+measures both), and because float32 sums are what Flower's ``aggregate`` and PyTorch's
+all-reduce use; their error stays within the bound above. ``"float64"`` stays
+available per job for sums that must survive cancellation (updates of opposite signs and
+very different magnitudes).
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import torch
 
@@ -51,12 +55,22 @@ WEIGHTED = {
     "help": "weight each update by its number of examples (else equally)",
 }
 
+#: The dtype of the running sums of float tensors; every strategy built on FedAvg's sums
+#: has it in its schema (see the module docstring).
+SUMS = {
+    "type": "choice", "choices": ["float32", "float64"], "default": "float32",
+    "help": "dtype of the running sums of float32/float16/bfloat16 tensors: float32 (fast, "
+            "one model of memory, error within (N+3)·2⁻²⁴ of the mean's magnitude) or "
+            "float64 (twice the memory, slower; a sum that cancels keeps its small terms); "
+            "integer, bool and float64 tensors always sum in float64",
+}
 
-def sum_dtype(dtype: torch.dtype, float32_sums: bool) -> torch.dtype:
-    """The dtype of the running sum of tensors of ``dtype``: float32 for float32, float16
-    and bfloat16 when ``float32_sums``, else float64 (and always for float64, integer and
-    bool tensors)."""
-    if float32_sums and dtype.is_floating_point and dtype != torch.float64:
+
+def sum_dtype(dtype: torch.dtype, sums: str) -> torch.dtype:
+    """The dtype of the running sum of tensors of ``dtype`` for the ``sums`` parameter:
+    float32 for float32, float16 and bfloat16 tensors when ``sums`` is ``"float32"``,
+    else float64 (and always for float64, integer and bool tensors)."""
+    if sums == "float32" and dtype.is_floating_point and dtype != torch.float64:
         return torch.float32
     return torch.float64
 
@@ -65,29 +79,27 @@ def sum_dtype(dtype: torch.dtype, float32_sums: bool) -> torch.dtype:
 class FedAvg(Strategy):
     """Weighted average of client states, streamed.
 
-    One running sum per tensor, in ``sum_dtype`` (see the module docstring for the
-    dtypes and their precision); each update is folded in as it arrives
-    (``sum += (w / b) * t``) and not kept, so peak memory is O(model), not
-    O(model x clients): the sums (one float32 model with ``float32_sums``, else two), the
-    update being added and, in ``result()``, the result being written. ``w`` is the
-    update's ``num_examples`` when ``weighted`` (the default), else 1; ``b`` is 1 for
-    float64 sums (the products are exact) and the first counted update's ``w`` for
-    float32 sums (that term, and a single update, stay exact). An update with ``w = 0``
-    is checked and counted but adds nothing.
+    One running sum per tensor, in ``sum_dtype(dtype, params["sums"])`` (see the module
+    docstring for the choice, its precision and why float32 is the default); each update
+    is folded in as it arrives (``sum += (w / b) * t``) and not kept, so peak memory is
+    O(model), not O(model x clients): the sums (one float32 model with float32 sums, two
+    with float64), the update being added and, in ``result()``, the result being
+    written. ``w`` is the update's ``num_examples`` when ``weighted`` (the default), else
+    1; ``b`` is the first counted update's ``w`` for float32 sums (that term, and a single
+    update, stay exact) and 1 for float64 sums (the products are exact). An update with
+    ``w = 0`` is checked and counted but adds nothing.
 
     ``result()`` divides by the total weight (over ``b``) and casts back to each global
     tensor's dtype. Integer tensors (BatchNorm's ``num_batches_tracked``) get the
     weighted mean rounded to the nearest integer (ties to even); bool tensors a weighted
-    majority. Raises ValueError if no update was added or the total weight is 0.
+    majority. Raises ValueError if no update was added or the total weight is 0;
+    ParamError (``strategy_params.sums``...) for params the schema refuses.
     """
 
     name = "fedavg"
     description = "Federated averaging (McMahan et al. 2017), weighted by examples"
-    schema = {"weighted": WEIGHTED}
+    schema = {"weighted": WEIGHTED, "sums": SUMS}
     needs_all_updates = False
-    #: Sum float32/float16/bfloat16 tensors in float32 (fast, one model of memory) rather
-    #: than float64 (exact products, cancellation-safe); see the module docstring.
-    float32_sums: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -96,7 +108,7 @@ class FedAvg(Strategy):
         server_state: dict[str, torch.Tensor] | None = None,
     ):
         super().__init__(global_state, params, server_state)
-        self._dtypes = {name: sum_dtype(t.dtype, self.float32_sums) for name, t in global_state.items()}
+        self._dtypes = {name: sum_dtype(t.dtype, self.params["sums"]) for name, t in global_state.items()}
         self._sums: dict[str, torch.Tensor] = {}  # made by the first update with a weight > 0
         self._first_weight = 0.0
         self._total_weight = 0.0
@@ -222,4 +234,5 @@ class FedProx(FedAvg):
             "help": "proximal coefficient mu (Li et al. 2020) used by the sites' "
                     "trainer; 0 makes FedProx FedAvg",
         },
+        "sums": SUMS,
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .base import register_strategy
-from .fedavg import WEIGHTED
+from .fedavg import SUMS, WEIGHTED
 from .server_opt import ServerOptStrategy
 
 _POSITIVE = {"type": "float", "min": 0.0, "min_exclusive": True}
@@ -28,6 +28,7 @@ def _schema(eta: float, eta_l: float, beta_1: float, beta_2: float | None) -> di
                    "help": "second-moment decay beta_2 (Reddi et al. 2021)"},
         "tau": {**_POSITIVE, "default": 1e-3,
                 "help": "adaptivity tau: x += eta*m/(sqrt(v)+tau); v starts at tau^2"},
+        "sums": SUMS,
     }
     if beta_2 is None:
         del schema["beta_2"]

@@ -1,6 +1,7 @@
 """Strategies with a server optimizer (FedAvgM, FedOpt): the shared state handling.
 
-The clients' weighted mean is streamed exactly as in FedAvg; ``result()`` then treats
+The clients' weighted mean is streamed exactly as in FedAvg (with its ``sums``
+parameter: float32 running sums by default, float64 on request); ``result()`` then treats
 the move from the global model to that mean as a pseudo-gradient and takes one server
 optimizer step, whose state (momentum, second moments) is carried from round to round
 through ``server_state`` / ``next_server_state()``.
@@ -13,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from .base import as_float64, cast_like, register_strategy
-from .fedavg import WEIGHTED, FedAvg
+from .fedavg import SUMS, WEIGHTED, FedAvg
 
 #: Float buffers that are statistics, not parameters: averaged, never stepped.
 STATISTICS_BUFFERS = ("running_mean", "running_var")
@@ -137,6 +138,7 @@ class FedAvgM(ServerOptStrategy):
             "type": "float", "default": 0.9, "min": 0.0, "max": 1.0, "max_exclusive": True,
             "help": "server momentum beta (Hsu et al. 2019): v <- beta*v + (x - avg)",
         },
+        "sums": SUMS,
     }
     moments = ("v",)
 
