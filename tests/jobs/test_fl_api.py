@@ -744,3 +744,48 @@ def test_django_behind_the_limit_answers_413_for_a_streamed_upload(rnd, nodes3, 
     status, _, body = response_of(call_asgi(app, upload_url(rnd), [good_body[:half], good_body[half:]], headers))
     assert status == 413 and json.loads(body)["error"] == "too_large"
     assert row_counts() == counts
+
+
+# --- the node API's own handler --------------------------------------------------------------------
+
+def asgi_request(method: str, path: str, headers: list, body: bytes = b""):
+    """One request through the real ASGI app; (status, headers by lower-case name, body). The client stays
+    connected until the answer is sent (Django stops a request on a disconnect)."""
+    from flportal.asgi import application
+
+    async def run():
+        sent, chunks = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if chunks:
+                return chunks.pop()
+            await asyncio.Event().wait()  # connected until cancelled
+
+        async def send(message):
+            sent.append(message)
+
+        await application({"type": "http", "method": method, "path": path, "query_string": b"",
+                           "headers": [(b"host", b"localhost"), *headers], "http_version": "1.1", "scheme": "http",
+                           "server": ("localhost", 80), "client": ("127.0.0.1", 1), "root_path": "",
+                           "asgi": {"version": "3.0"}}, receive, send)
+        return sent
+
+    status, headers, answer = response_of(async_to_sync(run)())
+    return status, {name.lower(): value for name, value in headers.items()}, answer
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_node_api_runs_without_the_browser_middleware_and_pages_with_it(nodes3):
+    """Through the real ASGI app: a heartbeat gets no frame-options header, no session or
+    CSRF cookie (none of the browser middleware ran), and its JSON; the login page,
+    through the same app, still has them."""
+    body = json.dumps({"version": "x", "datasets": [BREAST_CANCER], "resources": {}}).encode()
+    status, headers, answer = asgi_request("POST", HEARTBEAT, [
+        (b"authorization", node_auth(nodes3[0]).encode()), (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode())], body)
+    assert status == 200 and json.loads(answer)["node"] == nodes3[0].node.name
+    assert b"x-frame-options" not in headers and b"set-cookie" not in headers
+    assert Node.objects.get(pk=nodes3[0].node.pk).version == "x"
+
+    status, headers, _ = asgi_request("GET", "/login/", [])
+    assert status == 200 and headers[b"x-frame-options"] == b"DENY" and b"csrftoken" in headers.get(b"set-cookie", b"")

@@ -178,3 +178,43 @@ def test_plain_in_memory_layer_does_not_wake_the_receiver():
     latency = _latency_of_a_send_from_another_thread(InMemoryChannelLayer(), timeout=0.6)
     # sent at 0.1 s; delivered only when the loop wakes for its own timeout at 0.6 s, if at all
     assert latency is None or latency > 0.45
+
+
+# --- the sender of broadcasts ---------------------------------------------------------------------
+
+class SlowLayer:
+    """A channel layer whose every group_send takes 50 ms; `refuse`: groups whose send fails."""
+
+    def __init__(self, refuse=()):
+        self.sent, self.refuse = [], set(refuse)
+
+    async def group_send(self, group, message):
+        await asyncio.sleep(0.05)
+        if group in self.refuse:
+            raise ConnectionError("redis went away")
+        self.sent.append((group, message["event"]["n"]))
+
+
+def test_broadcasts_do_not_make_the_writer_wait_and_go_out_in_order(monkeypatch):
+    from flportal import broadcast
+
+    layer = SlowLayer()
+    monkeypatch.setattr(broadcast, "get_channel_layer", lambda: layer)
+    started = time.monotonic()
+    for n in range(10):
+        broadcast.broadcast_now(["g1", "g2"], {"n": n})
+    queued_in = time.monotonic() - started
+    assert broadcast.broadcast_flush(10)
+    assert queued_in < 0.2  # sending the 20 messages takes 1 s
+    assert layer.sent == [(group, n) for n in range(10) for group in ("g1", "g2")]
+
+
+def test_a_failed_broadcast_does_not_stop_the_ones_after_it(monkeypatch):
+    from flportal import broadcast
+
+    layer = SlowLayer(refuse={"lost"})
+    monkeypatch.setattr(broadcast, "get_channel_layer", lambda: layer)
+    broadcast.broadcast_now(["lost", "g"], {"n": 1})
+    broadcast.broadcast_now(["g"], {"n": 2})
+    assert broadcast.broadcast_flush(10)
+    assert layer.sent == [("g", 1), ("g", 2)]
