@@ -130,7 +130,7 @@ def test_fedprox_aggregates_exactly_as_fedavg_and_carries_mu():
         avg.add(noisy_update(g, seed), seed + 1)
     a, b = prox.result(), avg.result()
     assert all(torch.equal(a[k], b[k]) for k in g)
-    assert FedProx(g, None).params == {"weighted": True, "mu": 0.01}
+    assert FedProx(g, None).params == {"weighted": True, "mu": 0.01, "sums": "float32"}
     with pytest.raises(ParamError) as info:
         FedProx(g, {"mu": -0.1})
     assert info.value.field == "strategy_params.mu"

@@ -127,7 +127,7 @@ def test_job_create_makes_a_draft_with_defaults_shapes_and_participants(user, no
     assert job.model_params == {"in_features": 30, "num_classes": 2}  # from the nodes' heartbeats
     assert job.optimizer_params == {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
     assert (job.rounds, job.local_epochs, job.batch_size, job.buffer_size, job.strategy) == (2, 1, 32, -1, "fedavg")
-    assert job.strategy_params == {"weighted": True}
+    assert job.strategy_params == {"weighted": True, "sums": "float32"}
     assert sorted(job.job_nodes.values_list("node__name", "dataset", "status")) == [
         (name, "breast_cancer", "selected") for name in ("site-a", "site-b", "site-c")]
     event = JobEvent.objects.get(job=job)
