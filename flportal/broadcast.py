@@ -71,16 +71,25 @@ class _Sender:
 
     async def _drain(self) -> None:
         while True:
-            messages = await self._queue.get()
+            batches = [await self._queue.get()]
+            while not self._queue.empty():  # what one commit queued comes in a burst: send it together
+                batches.append(self._queue.get_nowait())
             layer = get_channel_layer()
-            for group, message in messages if layer is not None else ():
+            for group, message in _wake_ups_first(batches) if layer is not None else ():
                 try:
                     await layer.group_send(group, message)
                 except Exception:  # a lost live event must never break anything else
                     logger.exception("broadcast to %s failed", group)
             with self._idle:
-                self._pending -= 1
+                self._pending -= len(batches)
                 self._idle.notify_all()
+
+
+def _wake_ups_first(batches: list[list[tuple[str, dict]]]) -> list[tuple[str, dict]]:
+    """The messages of `batches` in order, except that trainers' wake-ups (`fl.wake`)
+    go before the browsers' events: they are on the path of the next round."""
+    messages = [item for batch in batches for item in batch]
+    return sorted(messages, key=lambda item: item[1]["type"] != "fl.wake")  # stable
 
 
 _SENDER = _Sender()

@@ -21,7 +21,7 @@ from jobs.exceptions import InvalidUpdateError, UpdateTooLarge
 from jobs.fl.serialization import InvalidUpdate, validate_update_file
 from jobs.models import ModelVersion
 from jobs.services import artifacts
-from jobs.services.node_tasks import task_for_node
+from jobs.services.node_tasks import WAIT, task_for_node
 from jobs.services.updates import (check_evaluation, check_num_examples, clean_cross_site_results, clean_metrics,
                                    cross_site_model, cross_site_submit, logs_append, submission_round, update_submit)
 from nodes.auth import async_node_required, node_required
@@ -68,15 +68,23 @@ def heartbeat(request):
                          "heartbeat_interval_s": settings.FLPORTAL_HEARTBEAT_INTERVAL_S})
 
 
-def _task_releasing_connection(job_id: int, node) -> dict:
-    """task_for_node, then give the database connection back: a long poll must not hold
-    one of PostgreSQL's connections while it waits (measured: 60 waiting nodes exhausted
+def _releasing_connection(function):
+    """`function`, then give the database connection back: a long poll must not hold one
+    of PostgreSQL's connections while it waits (measured: 60 waiting nodes exhausted
     max_connections)."""
-    try:
-        return task_for_node(job_id=job_id, node=node)
-    finally:
-        if not connection.in_atomic_block:
-            connection.close()
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if not connection.in_atomic_block:
+                connection.close()
+
+    return sync_to_async(wrapper)
+
+
+_read_task = _releasing_connection(lambda job_id, node: task_for_node(job_id=job_id, node=node))
 
 
 #: A waiting poll reads its task again this often even if no wake-up came (live events
@@ -84,39 +92,75 @@ def _task_releasing_connection(job_id: int, node) -> dict:
 RECHECK_S = 5.0
 
 
-@require_GET
-@async_node_required
-async def task(request, job_id: int):
-    """Long poll: answers at once unless the task is `wait`; then waits up to `wait`
-    seconds for a wake-up of the job (jobs/long_poll.py). The wake-up of a round that
-    opened carries its task, answered without a query to nodes selected for it; any
-    other wake-up, or RECHECK_S without one, reads the task again."""
+def _wait_seconds(request) -> float:
+    """The `wait` query parameter: finite, capped at FLPORTAL_TASK_LONG_POLL_MAX_S."""
     try:
         wait = float(request.GET.get("wait", 0))
     except ValueError:
         wait = math.nan
     if not math.isfinite(wait):
-        return error_response(InvalidUpdateError("wait: must be a finite number of seconds"))
-    deadline = time.monotonic() + min(max(wait, 0.0), settings.FLPORTAL_TASK_LONG_POLL_MAX_S)
-    read_task = sync_to_async(_task_releasing_connection)
+        raise InvalidUpdateError("wait: must be a finite number of seconds")
+    return min(max(wait, 0.0), settings.FLPORTAL_TASK_LONG_POLL_MAX_S)
+
+
+@require_GET
+@async_node_required
+async def task(request, job_id: int):
+    """Long poll: answers at once unless the task is `wait`; then waits up to `wait`
+    seconds for a wake-up of the job (jobs/long_poll.py, `_wait_for_task`)."""
     try:
+        deadline = time.monotonic() + _wait_seconds(request)
         async with long_poll.listener().inbox(job_id) as inbox:  # first, so no wake-up after the read is missed
-            answer = await read_task(job_id, request.node)
-            while answer["action"] == "wait" and (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    event = await asyncio.wait_for(inbox.get(), timeout=min(RECHECK_S, remaining))
-                except asyncio.TimeoutError:
-                    event = {}
-                answer = _task_from_wake(event, request.node.pk) or await read_task(job_id, request.node)
+            answer = await _read_task(job_id, request.node)
+            if answer["action"] == "wait":
+                answer = await _wait_for_task(job_id, request.node, inbox, deadline)
     except DomainError as exc:
         return error_response(exc)
     return JsonResponse(answer)
 
 
-def _task_from_wake(event: dict, node_id: int) -> dict | None:
-    """The task a round-open wake-up carries, if this node is selected for the round."""
-    task = event.get("task")
-    return task if task is not None and node_id in event.get("nodes", ()) else None
+async def _wait_for_task(job_id: int, node, inbox, deadline: float) -> dict:
+    """The node's next task from the job's wake-ups, until `deadline` (else `wait`). The
+    wake-up of a round that opened carries its task, taken without a query by the nodes
+    selected for it (others go on waiting); any other wake-up, or RECHECK_S without
+    one, reads the task again."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            event = await asyncio.wait_for(inbox.get(), timeout=min(RECHECK_S, remaining))
+        except asyncio.TimeoutError:
+            event = {}
+        if "task" in event:
+            if node.pk in event.get("nodes", ()):
+                return event["task"]
+            continue
+        answer = await _read_task(job_id, node)
+        if answer["action"] != "wait":
+            return answer
+    return dict(WAIT)
+
+
+async def _submit_and_wait(request, round_id: int, kind: str, store) -> JsonResponse:
+    """The result uploads: check the round before any body is read, store the result
+    (`store(request, rnd)`: body, validation, the service), answer it. With `?wait=<s>`
+    the answer also carries the node's next task as `next`, waited for as the task long
+    poll does, which saves the node a request per round. The listener is subscribed
+    before a new result commits, and while that round was open no next task could exist,
+    so after a new result the next task can only come as a wake-up: no read needed."""
+    try:
+        wait = _wait_seconds(request)
+        rnd, existing = await _releasing_connection(submission_round)(round_id=round_id, node=request.node, kind=kind)
+        if not wait:
+            update, created = (existing, False) if existing else await _releasing_connection(store)(request, rnd)
+            return _accepted(update, created=created)
+        deadline = time.monotonic() + wait
+        async with long_poll.listener().inbox(rnd.job_id) as inbox:
+            update, created = (existing, False) if existing else await _releasing_connection(store)(request, rnd)
+            answer = dict(WAIT) if created else await _read_task(rnd.job_id, request.node)
+            if answer["action"] == "wait":
+                answer = await _wait_for_task(rnd.job_id, request.node, inbox, deadline)
+    except DomainError as exc:
+        return error_response(exc)
+    return _accepted(update, created=created, next_task=answer)
 
 
 @require_GET
@@ -138,16 +182,17 @@ def _file_response(path: str, sha256: str, size: int) -> FileResponse:
 
 @csrf_exempt
 @require_POST
-@node_required
-@domain_errors
-def update_upload(request, round_id: int):
+@async_node_required
+async def update_upload(request, round_id: int):
     """Weights of a train round (with the evaluation of the model it started from, when
-    the round evaluates first). Checked before the body is read: round, selection,
-    duplicate, headers, size; then the body is streamed to a file and its tensors
-    validated against the round's model before anything is recorded."""
-    rnd, existing = submission_round(round_id=round_id, node=request.node, kind="train")
-    if existing is not None:
-        return _accepted(existing, created=False)
+    the round evaluates first); `?wait=` also answers the next task."""
+    return await _submit_and_wait(request, round_id, "train", _store_update)
+
+
+def _store_update(request, rnd) -> tuple:
+    """Checked before the body is read: headers, size; then the body is streamed to a
+    file and its tensors validated against the round's model before anything is
+    recorded."""
     num_examples, metrics = _update_headers(request)
     evaluation = _evaluation_headers(request)
     check_evaluation(rnd, evaluation)
@@ -158,12 +203,11 @@ def update_upload(request, round_id: int):
             validate_update_file(tmp, artifacts.tensor_spec_of(rnd.model_version))
         except InvalidUpdate as exc:
             raise InvalidUpdateError(str(exc)) from exc
-        update, created = update_submit(round_id=round_id, node=request.node, upload=tmp, upload_sha256=sha256,
-                                        num_examples=num_examples, metrics=metrics, evaluation=evaluation)
+        return update_submit(round_id=rnd.pk, node=request.node, upload=tmp, upload_sha256=sha256,
+                             num_examples=num_examples, metrics=metrics, evaluation=evaluation, checked=rnd)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return _accepted(update, created=created)
 
 
 def _update_headers(request) -> tuple[int, dict]:
@@ -219,24 +263,27 @@ def _receive_body(request, job_id: int) -> tuple[str, str]:
     return out.name, digest.hexdigest()
 
 
-def _accepted(update, *, created: bool) -> JsonResponse:
-    return JsonResponse({"status": "accepted", "update_id": update.pk}, status=201 if created else 200)
+def _accepted(update, *, created: bool, next_task: dict | None = None) -> JsonResponse:
+    answer = {"status": "accepted", "update_id": update.pk}
+    if next_task is not None:
+        answer["next"] = next_task
+    return JsonResponse(answer, status=201 if created else 200)
 
 
 @csrf_exempt
 @require_POST
-@node_required
-@domain_errors
-def evaluation(request, round_id: int):
-    rnd, existing = submission_round(round_id=round_id, node=request.node, kind="evaluate")
-    if existing is not None:
-        return _accepted(existing, created=False)
+@async_node_required
+async def evaluation(request, round_id: int):
+    """Metrics of an evaluate round; `?wait=` also answers the next task."""
+    return await _submit_and_wait(request, round_id, "evaluate", _store_evaluation)
+
+
+def _store_evaluation(request, rnd) -> tuple:
     body = _json_body(request)
     num_examples = body.get("num_examples")
     check_num_examples(num_examples, "num_examples")
-    update, created = update_submit(round_id=round_id, node=request.node, upload=None, num_examples=num_examples,
-                                    metrics=clean_metrics(body.get("metrics")))
-    return _accepted(update, created=created)
+    return update_submit(round_id=rnd.pk, node=request.node, upload=None, num_examples=num_examples,
+                         metrics=clean_metrics(body.get("metrics")), checked=rnd)
 
 
 @require_GET

@@ -89,6 +89,12 @@ def inline_base64(relative: str, sha256: str) -> str:
     return base64.b64encode(absolute(relative).read_bytes()).decode("ascii")
 
 
+def discard(relative: str) -> None:
+    """Remove an artifact a rolled-back write had put in place ("" or missing: nothing)."""
+    if relative:
+        absolute(relative).unlink(missing_ok=True)
+
+
 def tensor_spec_of(version) -> dict:
     """{name: (shape, dtype)} of a stored model version, read from its file's header
     only, and cached (versions never change)."""

@@ -42,7 +42,7 @@ def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion,
     rnd = Round.objects.create(job=job, number=number, kind=kind, model_version=model_version,
                                target_updates=target, evaluate_first=evaluate_first and kind == Round.Kind.TRAIN,
                                deadline=timezone.now() + timedelta(seconds=job.round_timeout_s))
-    rnd.selected.set(selected)
+    Round.selected.through.objects.bulk_create([Round.selected.through(round=rnd, node=node) for node in selected])
     if job.current_round != number:
         job.current_round = number
         job.save(update_fields=["current_round"])
@@ -124,12 +124,13 @@ def round_close(*, round_id: int) -> Round | None:
         _aggregation_failed(round_id, f"aggregation of round {rnd.number} failed: {exc}")
         return None
     with transaction.atomic():
-        rnd = Round.objects.select_for_update().select_related("job").filter(pk=round_id, status=Round.Status.AGGREGATING).first()
+        rnd = next(iter(Round.objects.select_for_update().select_related("job")  # locks the job's row too
+                        .filter(pk=round_id, status=Round.Status.AGGREGATING).order_by()[:1]), None)
         if rnd is None:
             return None
-        job = Job.objects.select_for_update().get(pk=rnd.job_id)
-        if written is not None:
-            rnd.result_version, _ = job.model_versions.get_or_create(round=rnd.number, defaults=written)
+        job = rnd.job
+        if written is not None:  # created with the close, in one transaction: never there before
+            rnd.result_version = ModelVersion.objects.create(job=job, round=rnd.number, **written)
             rnd.save(update_fields=["result_version"])
         if rnd.kind != Round.Kind.CROSS_SITE:
             _aggregate_round_metrics(rnd)

@@ -4,6 +4,7 @@ Uses the FL core (``jobs.fl``: plain PyTorch, no Django). The data never leaves 
 module except as weights, example counts and metrics.
 """
 
+import json
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ class LocalSite:
         self.device = device if device is not None else training.pick_device()
         self._arrays: dict[str, tuple] = {}
         self._splits: dict[tuple, tuple] = {}
+        self._models: dict[str, nn.Module] = {}  # the last architecture built (a trainer runs one job)
         register_user_models()
 
     def split(self, config: dict) -> tuple:
@@ -88,12 +90,17 @@ class LocalSite:
         return self._arrays[name]
 
     def model(self, config: dict, weights: bytes) -> nn.Module:
-        """The job's model with the downloaded weights loaded (strictly)."""
+        """The job's model with the downloaded weights loaded (strictly). The module is
+        built once per architecture and reused: every round loads all of its weights and
+        buffers, and training makes a new optimizer."""
+        key = json.dumps([config.get("model"), config.get("model_params") or {}, config.get("seed", 0)], sort_keys=True)
         try:
-            model = networks.build_model(config["model"], config.get("model_params") or {},
-                                         seed=int(config.get("seed", 0)))
+            if key not in self._models:
+                self._models = {key: networks.build_model(config["model"], config.get("model_params") or {},
+                                                          seed=int(config.get("seed", 0)))}
+            model = self._models[key]
             model.load_state_dict(serialization.load_state_dict(weights))
-        except (KeyError, ValueError, RuntimeError) as exc:
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise SiteError(f"cannot build the job's model from the downloaded weights: {exc}") from exc
         return model
 

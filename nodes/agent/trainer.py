@@ -54,11 +54,12 @@ class Trainer:
         self.client, self.site, self.job_id = client, site, job_id
         self.wait_s = min(max(wait_s, 0.0), MAX_WAIT_S)
         self.backoff, self._sleep = backoff, sleep
+        self._next: dict | None = None  # the next task, when the portal sent it with a result's answer
 
     def run(self) -> int:
         while True:
             started = time.monotonic()
-            task = self.backoff.call(self._fetch_task, "task poll")
+            task = self._take_next() or self.backoff.call(self._fetch_task, "task poll")
             action = task.get("action")
             if action == "end":
                 log.info("job %s ended: %s", self.job_id, task.get("reason", ""))
@@ -73,6 +74,16 @@ class Trainer:
             pause = _retry_after(task) - (time.monotonic() - started)
             if pause > 0:
                 self._sleep(pause)
+
+    def _take_next(self) -> dict | None:
+        """The task that came with the last result's answer (PROTOCOL.md: `?wait=` on an
+        upload), unless it is `wait`: then polling again at once is right."""
+        task, self._next = self._next, None
+        return task if isinstance(task, dict) and task.get("action") not in (None, "wait") else None
+
+    def _keep_next(self, answer) -> None:
+        body = answer.json()
+        self._next = body.get("next") if isinstance(body, dict) else None
 
     def _fetch_task(self) -> dict:
         wait = f"{self.wait_s:g}"
@@ -137,19 +148,22 @@ class Trainer:
         log.info("round %s: trained on %d examples on %s: %s", task.get("round"),
                  result.num_examples, self.site.device, _fmt(result.metrics))
         headers.update({"X-Num-Examples": str(result.num_examples), "X-Metrics": _json(result.metrics)})
-        path = f"/api/v1/fl/rounds/{task['round_id']}/update"
+        path = f"/api/v1/fl/rounds/{task['round_id']}/update?wait={self.wait_s:g}"  # the next task comes back
         answer = self.backoff.call(
             lambda: self.client.request("POST", path, body=result.weights, headers=headers,
-                                        timeout=120.0), "update upload")
+                                        timeout=120.0 + self.wait_s), "update upload")
         log.info("round %s: update accepted (%s)", task.get("round"), answer.status)
+        self._keep_next(answer)
 
     def _evaluate(self, task: dict, weights: bytes) -> None:
         num_examples, metrics = self.site.evaluate(task, weights)
         log.info("round %s: evaluated on %d examples: %s", task.get("round"), num_examples, _fmt(metrics))
-        path = f"/api/v1/fl/rounds/{task['round_id']}/evaluation"
+        path = f"/api/v1/fl/rounds/{task['round_id']}/evaluation?wait={self.wait_s:g}"
         payload = {"num_examples": num_examples, "metrics": metrics}
-        answer = self.backoff.call(lambda: self.client.post_json(path, payload), "evaluation upload")
+        answer = self.backoff.call(lambda: self.client.post_json(path, payload, timeout=30.0 + self.wait_s),
+                                   "evaluation upload")
         log.info("round %s: evaluation accepted (%s)", task.get("round"), answer.status)
+        self._keep_next(answer)
 
     def _cross_validate(self, task: dict) -> None:
         """Evaluate every listed model (the global one, each site's last local one) on

@@ -13,6 +13,8 @@ Scripting:
   keys are ``"task"``, ``"heartbeat"``, ``"model:<version>"``, ``"update:<round_id>"``,
   ``"evaluation:<round_id>"``.
 - ``corrupt``: version -> how many downloads serve damaged bytes (same checksum header).
+- ``piggyback``: an upload or evaluation posted with ``?wait=`` is answered with the
+  next scripted task as ``next``, as the portal does.
 """
 
 import hashlib
@@ -46,6 +48,7 @@ class FakePortal:
     inject: dict[str, list[int]] = field(default_factory=dict)
     corrupt: dict[int, int] = field(default_factory=dict)
     block_tasks: bool = False
+    piggyback: bool = False  # answer an upload made with ?wait= with the next task ("next")
 
     def __post_init__(self):
         self.heartbeats: list[dict] = []
@@ -188,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
             update_id = len(self.portal.uploads)
         if status != 201:
             return self._refusal(status)
-        self._json(201, {"status": "accepted", "update_id": update_id})
+        self._json(201, self._accepted({"status": "accepted", "update_id": update_id}, query))
 
     def evaluation(self, round_id, *, body, query):
         status = self.portal.injected(f"evaluation:{round_id}") or 201
@@ -196,4 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.portal.evaluations.append((int(round_id), status, json.loads(body)))
         if status != 201:
             return self._refusal(status)
-        self._json(201, {"status": "accepted"})
+        self._json(201, self._accepted({"status": "accepted"}, query))
+
+    def _accepted(self, answer: dict, query: str) -> dict:
+        if self.portal.piggyback and "wait=" in query:
+            answer["next"] = dict(self.portal.next_task())
+        return answer

@@ -184,6 +184,18 @@ def test_trainer_uses_the_model_inside_the_task_and_downloads_a_damaged_one(fold
     assert portal.downloads == [(2, False)]  # round 2 downloaded nothing; round 3's copy did not match
 
 
+def test_trainer_takes_the_next_task_from_a_results_answer_without_polling(site_data, python):
+    """The portal answers an upload (and an evaluation) made with ?wait= with the next
+    task: the trainer polls only for its first task."""
+    v0, v1, v2 = model_bytes(0), model_bytes(1), model_bytes(2)
+    portal = FakePortal(token=NODE_TOKEN, models={0: v0, 1: v1, 2: v2}, piggyback=True, tasks=[
+        round_task("train", 1, 11, 0, v0), round_task("train", 2, 12, 1, v1), round_task("evaluate", 2, 13, 2, v2)])
+    returncode, output = run_script(python, site_data, portal)
+    assert returncode == 0, output
+    assert [u.round_id for u in portal.uploads] == [11, 12] and [e[0] for e in portal.evaluations] == [13]
+    assert len(portal.task_polls) == 1 and "ended: script done" in output
+
+
 def test_trainer_without_evaluate_first_sends_no_evaluation(scripted_run):
     _, _, portal = scripted_run
     assert all(u.eval_examples is None and u.eval_metrics is None for u in portal.uploads)

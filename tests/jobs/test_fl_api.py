@@ -34,13 +34,13 @@ def evaluation_url(rnd):
     return f"/api/v1/fl/rounds/{rnd.pk}/evaluation"
 
 
-def upload(client, rnd, creds, body: bytes, *, num_examples="100", metrics='{"train_loss": 0.5}', **headers):
+def upload(client, rnd, creds, body: bytes, *, num_examples="100", metrics='{"train_loss": 0.5}', query="", **headers):
     sent = {"Authorization": node_auth(creds), **headers}
     if num_examples is not None:
         sent["X-Num-Examples"] = num_examples
     if metrics is not None:
         sent["X-Metrics"] = metrics
-    return client.post(upload_url(rnd), data=body, content_type="application/octet-stream", headers=sent)
+    return client.post(upload_url(rnd) + query, data=body, content_type="application/octet-stream", headers=sent)
 
 
 def evaluate(client, rnd, creds, body):
@@ -789,3 +789,62 @@ def test_the_node_api_runs_without_the_browser_middleware_and_pages_with_it(node
 
     status, headers, _ = asgi_request("GET", "/login/", [])
     assert status == 200 and headers[b"x-frame-options"] == b"DENY" and b"csrftoken" in headers.get(b"set-cookie", b"")
+
+
+# --- an upload that waits for the next task ----------------------------------------------------
+
+def upload_waiting(rnd, creds, body: bytes, action, *, wait=20):
+    """POST the update with `?wait=` through AsyncClient, run `action` (sync) while it
+    waits; returns (response, seconds from action to answer)."""
+
+    async def scenario():
+        post = asyncio.ensure_future(AsyncClient().post(
+            f"{upload_url(rnd)}?wait={wait}", data=body, content_type="application/octet-stream",
+            headers={"Authorization": node_auth(creds), "X-Num-Examples": "10", "X-Metrics": "{}"}))
+        await asyncio.sleep(0.4)
+        assert not post.done()  # accepted, now waiting for the round to move on
+        started = time.monotonic()
+        await sync_to_async(action)()
+        response = await asyncio.wait_for(post, 5)
+        return response, time.monotonic() - started
+
+    return async_to_sync(scenario)()
+
+
+@pytest.mark.django_db
+def test_an_upload_with_wait_answers_the_next_rounds_task_when_it_opens(started_job, nodes3, tmp_path,
+                                                                       django_capture_on_commit_callbacks):
+    train = open_round(started_job)
+
+    def others_finish_the_round():
+        for i, cr in enumerate(nodes3[1:]):
+            submit_train(train, cr.node, tmp_path, seed=1 + i, num_examples=5)
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            close(train)
+        run_broadcasts(callbacks)
+
+    response, seconds = upload_waiting(train, nodes3[0], update_bytes(perturbed(train, seed=0)),
+                                       others_finish_the_round)
+    body = response.json()
+    assert response.status_code == 201 and body["status"] == "accepted"
+    assert Update.objects.get(pk=body["update_id"]).node == nodes3[0].node
+    assert (body["next"]["action"], body["next"]["round"], body["next"]["evaluate_first"]) == ("train", 2, True)
+    assert body["next"] == task_for_node(job_id=started_job.pk, node=nodes3[0].node) and seconds < 0.45
+
+
+@pytest.mark.django_db
+def test_an_upload_with_wait_answers_wait_when_nothing_came_and_a_duplicate_reads_the_task(
+        client, started_job, nodes3, settings):
+    settings.FLPORTAL_TASK_LONG_POLL_MAX_S = 0.5
+    train = open_round(started_job)
+    body = update_bytes(perturbed(train, seed=0))
+    started = time.monotonic()
+    first = upload(client, train, nodes3[0], body, query="?wait=20")  # capped at 0.5 s
+    assert first.status_code == 201 and first.json()["next"] == {"action": "wait", "retry_after": 1.0}
+    assert 0.4 < time.monotonic() - started < 3
+    job_cancel(job=started_job, reason="enough")
+    again = upload(client, train, nodes3[0], body, query="?wait=20")
+    assert again.status_code == 200 and again.json()["update_id"] == first.json()["update_id"]
+    assert again.json()["next"] == {"action": "end", "reason": "job cancelled: enough"}
+    assert_error(upload(client, train, nodes3[1], body, query="?wait=soon"), 400, "invalid_update")
+    assert Update.objects.filter(round=train).count() == 1

@@ -186,9 +186,10 @@ class SlowLayer:
     """A channel layer whose every group_send takes 50 ms; `refuse`: groups whose send fails."""
 
     def __init__(self, refuse=()):
-        self.sent, self.refuse = [], set(refuse)
+        self.sent, self.refuse, self.sending = [], set(refuse), threading.Event()
 
     async def group_send(self, group, message):
+        self.sending.set()
         await asyncio.sleep(0.05)
         if group in self.refuse:
             raise ConnectionError("redis went away")
@@ -218,3 +219,17 @@ def test_a_failed_broadcast_does_not_stop_the_ones_after_it(monkeypatch):
     broadcast.broadcast_now(["g"], {"n": 2})
     assert broadcast.broadcast_flush(10)
     assert layer.sent == [("g", 1), ("g", 2)]
+
+
+def test_trainers_wake_ups_go_before_the_browsers_events_queued_with_them(monkeypatch):
+    from flportal import broadcast
+
+    layer = SlowLayer()
+    monkeypatch.setattr(broadcast, "get_channel_layer", lambda: layer)
+    broadcast.broadcast_now(["busy"], {"n": 0})
+    assert layer.sending.wait(5)  # the sender is busy with this one...
+    for n, kind in enumerate(["event.forward", "event.forward", "fl.wake", "event.forward"], start=1):
+        broadcast.broadcast_now([kind], {"n": n}, message_type=kind)  # ...while these are queued
+    assert broadcast.broadcast_flush(10)
+    assert layer.sent == [("busy", 0), ("fl.wake", 3), ("event.forward", 1), ("event.forward", 2),
+                          ("event.forward", 4)]

@@ -372,6 +372,28 @@ def test_only_the_last_expected_update_moves_the_round_and_queues_its_close(
     assert [n.name for n in train.dropped.all()] == []
 
 
+def test_a_result_whose_round_moved_on_while_it_was_recorded_is_refused_and_leaves_nothing(
+        started_job, nodes3, tmp_path, monkeypatch):
+    """The round's lock is taken after the inserts; a round that left `open` meanwhile
+    (here: moved by the patched event write, as a concurrent deadline would) makes the
+    result stale: nothing stays, not even its file."""
+    from jobs.services import updates
+
+    train = open_round(started_job)
+    record_event = updates.job_event_record
+
+    def meanwhile_the_deadline_passes(**kwargs):
+        Round.objects.filter(pk=train.pk).update(status=Round.Status.AGGREGATING)
+        return record_event(**kwargs)
+
+    monkeypatch.setattr(updates, "job_event_record", meanwhile_the_deadline_passes)
+    before = row_counts()
+    with pytest.raises(StaleRound):
+        submit_train(train, nodes3[0].node, tmp_path, seed=1, num_examples=10)
+    assert row_counts() == before
+    assert not list(artifacts.job_dir(started_job.pk).glob("update-*"))
+
+
 def test_round_close_is_idempotent(started_job, nodes3, tmp_path):
     train = open_round(started_job)
     for i, cr in enumerate(nodes3):
