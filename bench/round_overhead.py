@@ -59,12 +59,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_PYTHON, ROOT, summary, table, write_result  # noqa: E402
 from stacklogs import first, free_redis_db, iso_time, sweep, trainer_logs  # noqa: E402
 
-from flportal.localstack import LocalStack, all_pages, drop_database, free_port, production_env  # noqa: E402
+from flportal.localstack import LocalStack, all_pages, child_pids, drop_database, free_port, production_env  # noqa: E402
 
 REDIS_DBS = [10, 11, 15, 8, 7, 6, 5]  # free_redis_db() takes the first that nobody uses (bench/scale.py: 13, queries: 14,
 # live_latency: 12, tests/e2e: 9)
 FLOWER_DIR = ROOT / "bench" / "flower"
 TARGET_MS, TARGET_RATIO = 50.0, 0.5
+PORTAL_PROCESSES = os.cpu_count() or 1  # `serve --processes`, one per core, as README's production section says
 SYSTEMS = ["flportal", "flower_legacy", "flower_superlink"]
 
 
@@ -110,7 +111,7 @@ def run_flportal(workdir: Path, nodes: int, rounds: int) -> dict:
     try:
         env = production_env(database, redis_db=free_redis_db(REDIS_DBS))
         stack = LocalStack(workdir=workdir, env={**env, "FLPORTAL_DATA_DIR": str(workdir / "portal")},
-                           heartbeat_interval=5.0)
+                           heartbeat_interval=5.0, portal_processes=PORTAL_PROCESSES)
         stack.setup(username="bench")
         register_nodes(stack, nodes)  # their data: make_data() wrote it to <workdir>/data
         stack.start(celery=True)
@@ -175,7 +176,7 @@ def wait_job_with_cpu(stack: LocalStack, workdir: Path, job_id: int, timeout: fl
     """Poll the job (as LocalStack.wait_job does: its detail every 0.5 s, no extra
     requests) until it ends; return it and the CPU seconds each kind of process used
     from the opening of round 2 to the end (round 1 holds the trainers' start)."""
-    fixed = {"portal": [stack.portal.pid], "celery worker": [stack.processes[0].pid],
+    fixed = {"portal": [stack.portal.pid] + child_pids(stack.portal.pid), "celery worker": [stack.processes[0].pid],
              "agents": [a.process.pid for a in stack.agents]}
     trainers: dict[int, list[float]] = {}
     mark = None
@@ -214,9 +215,9 @@ def flportal_rounds(rounds_api: list[dict], compute: list[dict], evals: list[dic
         windows_evals = [n - 1] + ([n] if last else [])  # folded into round n; the last model's own round
         row = {"round": n, "wall_s": end - start, "fit_compute_s": max(fit[n]), "n_fit": len(fit[n]),
                "eval_s": sum(max(evaluated[k]) for k in windows_evals if k in evaluated)}
-        row.update(_phase("train", train, logs, n, r"trained on", r"update accepted"))
+        row.update(_phase("train", train, logs, n, r"trained on"))
         if last:
-            row.update(_phase("eval", by[("evaluate", n)], logs, n, r"evaluated on", r"evaluation accepted"))
+            row.update(_phase("eval", by[("evaluate", n)], logs, n, r"evaluated on"))
         out.append(row)
     return {"rounds": out}
 
@@ -230,25 +231,27 @@ def _per_round(points: list[dict]) -> dict[int, list[float]]:
     return out
 
 
-def _phase(prefix: str, rnd: dict, logs: dict, n: int, done: str, accepted: str) -> dict:
-    """Breakdown of one portal round, from its opening to its closing."""
+def _phase(prefix: str, rnd: dict, logs: dict, n: int, done: str) -> dict:
+    """Breakdown of one portal round, from its opening to its closing, slowest site: its
+    task's arrival (trainer log), its local work (log lines), its result's way to the
+    portal (the log line after the work to the update's `received_at`: upload, checks,
+    persisted), then the portal's own steps."""
     opened, aggregating, closed = (iso_time(rnd[k]) for k in ("opened_at", "aggregating_at", "closed_at"))
     action = "train" if prefix == "train" else "evaluate"
-    got, worked, acked = [], [], []
-    for lines in logs.values():
+    received = {u["node"]: iso_time(u["received_at"]) for u in rnd["updates"]}
+    got, worked, submitted = [], [], []
+    for site, lines in logs.items():
         t_task = first(lines, rf"^round {n}: {action} with model version")
-        t_done = first(lines, rf"^round {n}: {done}")
-        t_ack = first(lines, rf"^round {n}: {accepted}")
-        if None not in (t_task, t_done, t_ack):
+        t_done = first([line for line in lines if t_task is not None and line[0] >= t_task], rf"^round {n}: {done}")
+        if None not in (t_task, t_done) and site in received:
             got.append(t_task - opened)
             worked.append(t_done - t_task)
-            acked.append(t_ack - t_done)
-    received = [iso_time(u["received_at"]) for u in rnd["updates"]]
+            submitted.append(received[site] - t_done)
     return {f"{prefix}_task_latency_s": max(got, default=None),  # round opened -> last trainer has its task
             f"{prefix}_work_s": max(worked, default=None),  # (evaluation +) local work, from the log lines
-            f"{prefix}_submit_s": max(acked, default=None),  # upload + persisted + acknowledged
-            f"{prefix}_last_update_to_aggregating_s": aggregating - max(received) if received else None,
-            f"{prefix}_aggregate_close_s": closed - aggregating,  # aggregate, write version, open the next
+            f"{prefix}_submit_s": max(submitted, default=None),  # upload, checks, persisted
+            f"{prefix}_last_update_to_aggregating_s": aggregating - max(received.values()) if received else None,
+            f"{prefix}_aggregate_close_s": closed - aggregating,  # the close task: aggregate, write, open the next
             f"{prefix}_round_s": closed - opened}
 
 
@@ -468,7 +471,7 @@ def measure(opts, workdir: Path) -> int:
 
 
 def report(systems: dict, errors: dict, opts, seconds: float) -> None:
-    labels = {"flportal": "flportal (PostgreSQL, Redis, Celery, uvicorn)",
+    labels = {"flportal": f"flportal (PostgreSQL, Redis, Celery, {PORTAL_PROCESSES} uvicorn processes)",
               "flower_legacy": "Flower 1.41 legacy (start_server/start_client)",
               "flower_superlink": "Flower 1.41 SuperLink/SuperNode (flwr run)"}
     ours = systems.get("flportal")

@@ -68,7 +68,7 @@ def drop_database(database: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     """The pids whose parent is `pid` (from /proc)."""
     children = []
     for entry in Path("/proc").iterdir():
@@ -99,6 +99,7 @@ class LocalStack:
     env: dict = field(default_factory=dict)
     port: int | None = None
     heartbeat_interval: float = 1.0
+    portal_processes: int = 1  # `serve --processes` (production mode only)
     processes: list = field(default_factory=list)
     agents: list = field(default_factory=list)
     token: str = ""
@@ -147,7 +148,9 @@ class LocalStack:
         return self.agents
 
     def start_portal(self, *extra: str) -> subprocess.Popen:
-        self.portal = self.spawn("portal", [sys.executable, "manage.py", "serve", "--port", str(self.port), *extra])
+        many = ["--processes", str(self.portal_processes)] if self.portal_processes > 1 else []
+        self.portal = self.spawn("portal", [sys.executable, "manage.py", "serve", "--port", str(self.port), *many,
+                                            *extra])
         self.wait_for(lambda: self._up(f"{self.url}/login/"), 60, "the portal to answer")
         return self.portal
 
@@ -184,7 +187,7 @@ class LocalStack:
         """A site dies: SIGKILL the agent and, at the same moment, its trainers (each in
         its own process group). An orphaned trainer would exit by itself, but only at
         its next parent check, by which time it may have answered another round."""
-        groups = [agent.process.pid] + _children(agent.process.pid)
+        groups = [agent.process.pid] + child_pids(agent.process.pid)
         for pid in groups:
             try:
                 os.killpg(pid, signal.SIGKILL)
