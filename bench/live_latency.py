@@ -177,7 +177,7 @@ async def measure(bench: BenchStack, nodes: int, rounds: int, profile: str | Non
     stats = Stats()
     rows = []
     async with async_client(stack.url, 50) as client:
-        sims = [SimNode(name, tokens[name], client, stats) for name in names]
+        sims = [SimNode(name, tokens[name], stack.url, stats) for name in names]
         beats = await asyncio.gather(*(s.heartbeat() for s in sims))
         interval = beats[0]["heartbeat_interval_s"]
         heartbeats = [asyncio.create_task(s.heartbeat_forever(interval)) for s in sims]

@@ -38,13 +38,13 @@ TARGET_RATIO = 12.0
 ENV = {"FLPORTAL_HEARTBEAT_INTERVAL_S": "30", "FLPORTAL_NODE_OFFLINE_AFTER_S": "120"}
 # Each size's job is cancelled (and reported "timed out") past this, so the whole
 # benchmark stays under 5 minutes even when the portal cannot keep up.
-JOB_TIMEOUT_S = {100: 60, 300: 45, 1000: 50}
+JOB_TIMEOUT_S = {100: 60, 300: 90, 1000: 180}
 
 
 class Fleet:
     def __init__(self, stack, tokens: dict, client, stats: Stats):
         self.stack, self.stats = stack, stats
-        self.sims = {name: SimNode(name, token, client, stats) for name, token in tokens.items()}
+        self.sims = {name: SimNode(name, token, stack.url, stats) for name, token in tokens.items()}
         self.beating: list[asyncio.Task] = []
         self.ignored: set[int] = set()  # jobs whose trainers the benchmark drives itself
         self.api = {"Authorization": f"Token {stack.token}"}

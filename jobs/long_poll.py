@@ -68,6 +68,8 @@ class Listener:
         while True:
             message = await self._layer.receive(self._channel)
             event = message.get("event") or {}
+            if "nodes" in event:  # every waiting poll looks itself up: a set, once
+                event["nodes"] = frozenset(event["nodes"])
             for inbox in list(self._inboxes.get(event.get("job"), ())):
                 inbox.put_nowait(event)
             await self._leave_idle_groups()
