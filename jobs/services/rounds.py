@@ -13,6 +13,7 @@ from jobs.fl.strategies import get_strategy
 from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round
 from jobs.services import artifacts
 from jobs.services.jobs import _model_version_create, job_event_record, job_fail, job_succeed
+from jobs.services.metrics import metric_points_record
 from jobs.services.node_tasks import round_task
 from jobs.services.transitions import round_transition
 from nodes.models import Node
@@ -194,9 +195,7 @@ def _aggregate_metrics(job_id: int, number: int, phase: str, node_ids: list[int]
     aggregate = {name: _combine(name, pairs) for name, pairs in by_name.items()}
     aggregate["num_examples"] = sum(values.get("num_examples", 0.0) for values in by_node.values())
     aggregate["num_nodes"] = float(len(by_node))
-    MetricPoint.objects.bulk_create([MetricPoint(job_id=job_id, round=number, node=None, phase=phase,
-                                                 name=name, value=value) for name, value in aggregate.items()])
-    events.metrics_recorded(job_id, number, phase, None, aggregate)
+    metric_points_record(job_id=job_id, results=[(number, phase, aggregate)])
 
 
 def _combine(name: str, pairs: list[tuple[float, float]]) -> float:
