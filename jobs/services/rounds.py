@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from flportal.sql import rows_insert
 from jobs import events
 from jobs.fl.serialization import load_state_dict
 from jobs.fl.strategies import get_strategy
@@ -43,7 +44,7 @@ def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion,
     rnd = Round.objects.create(job=job, number=number, kind=kind, model_version=model_version,
                                target_updates=target, evaluate_first=evaluate_first and kind == Round.Kind.TRAIN,
                                deadline=timezone.now() + timedelta(seconds=job.round_timeout_s))
-    Round.selected.through.objects.bulk_create([Round.selected.through(round=rnd, node=node) for node in selected])
+    rows_insert(Round.selected.through, ("round_id", "node_id"), [(rnd.pk, node.pk) for node in selected])
     if job.current_round != number:
         job.current_round = number
         job.save(update_fields=["current_round"])
