@@ -125,9 +125,11 @@ def worker_stream(spec: dict) -> dict:
     """The portal's path (``_aggregate_and_write``): load the global state, then load, add
     and drop each update, then ``result()``. The first pass gives the memory figures;
     the timings are the fastest of the passes (the files are in the page cache)."""
-    from jobs.fl.serialization import load_state_dict
+    from jobs.fl.serialization import load_state_dict, load_state_dict_header
     from jobs.fl.strategies import get_strategy
 
+    # as the worker does: only the header of the global model when the strategy needs no more
+    load_global = load_state_dict if get_strategy(spec["strategy"]).uses_global_values else load_state_dict_header
     _threads()
     _warm_up(spec["strategy"], spec["strategy_params"])
     paths, counts = spec["updates"][:spec["n"]], spec["num_examples"][:spec["n"]]
@@ -136,7 +138,7 @@ def worker_stream(spec: dict) -> dict:
         release_free_memory()
         base = reset_peak()
         started, wall_started = clock(), time.perf_counter()
-        global_state = load_state_dict(spec["global"])
+        global_state = load_global(spec["global"])
         load_s = clock() - started
         holding_global = _status("VmRSS")
         strategy = get_strategy(spec["strategy"])(global_state, spec["strategy_params"])

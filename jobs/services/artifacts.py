@@ -9,9 +9,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.http import FileResponse
-from safetensors import safe_open
 
-from jobs.fl.serialization import file_sha256, save_state_dict
+from jobs.fl.serialization import file_sha256, file_tensor_spec, save_state_dict
 
 
 def absolute(relative: str) -> Path:
@@ -103,20 +102,7 @@ def tensor_spec_of(version) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _tensor_spec(path: str, sha256: str) -> dict:
-    spec = {}
-    with safe_open(path, framework="pt") as handle:
-        for name in handle.keys():
-            sliced = handle.get_slice(name)
-            spec[name] = (tuple(sliced.get_shape()), _dtype_name(sliced.get_dtype()))
-    return spec
-
-
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
-
-def _dtype_name(code: str) -> str:
-    return _SAFETENSORS_DTYPES.get(code, code.lower())
+    return file_tensor_spec(path)
 
 
 def _relative(path: Path) -> str:

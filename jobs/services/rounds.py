@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from flportal.sql import rows_insert
 from jobs import events
-from jobs.fl.serialization import load_state_dict
+from jobs.fl.serialization import load_state_dict, load_state_dict_header
 from jobs.fl.strategies import get_strategy
 from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round
 from jobs.services import artifacts
@@ -156,10 +156,11 @@ def _aggregation_failed(round_id: int, reason: str) -> None:
 def _aggregate_and_write(rnd: Round) -> dict:
     """Run the job's strategy over the round's updates, from the server state the
     previous version left; write the new version (and state). Returns ModelVersion fields."""
-    version = rnd.model_version
-    global_state = load_state_dict(artifacts.absolute(version.path))
+    version, cls = rnd.model_version, get_strategy(rnd.job.strategy)
+    load_global = load_state_dict if cls.uses_global_values else load_state_dict_header
+    global_state = load_global(artifacts.absolute(version.path))
     server_state = load_state_dict(artifacts.absolute(version.server_state_path)) if version.server_state_path else None
-    strategy = get_strategy(rnd.job.strategy)(global_state, rnd.job.strategy_params, server_state=server_state)
+    strategy = cls(global_state, rnd.job.strategy_params, server_state=server_state)
     for update in rnd.updates.order_by("node__name"):
         strategy.add(load_state_dict(artifacts.absolute(update.path)), update.num_examples)
     path, sha256, size = artifacts.write_model(rnd.job_id, rnd.number, strategy.result())

@@ -142,3 +142,18 @@ def test_file_sha256_matches_hashlib(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(b"abc" * 1000)
     assert file_sha256(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_the_header_alone_gives_names_shapes_and_dtypes_on_the_meta_device(tmp_path):
+    from jobs.fl.serialization import file_tensor_spec, load_state_dict_header
+
+    state = {"w": torch.randn(3, 4), "b": torch.zeros(4, dtype=torch.float64), "n": torch.tensor(7)}
+    path = tmp_path / "m.safetensors"
+    save_state_dict(state, path)
+    header = load_state_dict_header(path)
+    assert {k: (tuple(t.shape), t.dtype, t.device.type) for k, t in header.items()} == {
+        "w": ((3, 4), torch.float32, "meta"), "b": ((4,), torch.float64, "meta"), "n": ((), torch.int64, "meta")}
+    assert file_tensor_spec(path) == {"w": ((3, 4), "float32"), "b": ((4,), "float64"), "n": ((), "int64")}
+    path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(ValueError, match="unreadable safetensors"):
+        load_state_dict_header(path)

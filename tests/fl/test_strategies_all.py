@@ -134,3 +134,21 @@ def test_fedprox_aggregates_exactly_as_fedavg_and_carries_mu():
     with pytest.raises(ParamError) as info:
         FedProx(g, {"mu": -0.1})
     assert info.value.field == "strategy_params.mu"
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if not STRATEGIES[n].uses_global_values])
+def test_a_strategy_that_uses_no_global_values_gives_the_same_result_from_the_meta_device(name):
+    """The worker hands these strategies the global model's header only (meta tensors)."""
+    g = mixed_global_state()
+    meta = {key: torch.empty(t.shape, dtype=t.dtype, device="meta") for key, t in g.items()}
+    results = []
+    for global_state in (g, meta):
+        strategy = get_strategy(name)(global_state, None)
+        for seed in range(5):
+            strategy.add(noisy_update(g, seed), 10 + seed)
+        results.append(strategy.result())
+    assert all(torch.equal(results[0][key], results[1][key]) and results[1][key].device.type == "cpu" for key in g)
+
+
+def test_the_server_optimizers_are_the_strategies_that_read_the_global_values():
+    assert sorted(n for n in ALL if STRATEGIES[n].uses_global_values) == ["fedadagrad", "fedadam", "fedavgm", "fedyogi"]

@@ -28,6 +28,10 @@ class Strategy:
     and then computes bit-identically to one that was never stopped. ``None`` or ``{}``
     means "first round". Stateless strategies return ``{}`` and refuse a non-empty state
     (ValueError: the caller mixed up jobs or strategies).
+
+    ``uses_global_values = False``: the strategy reads only the names, shapes and dtypes
+    of ``global_state`` (the mean of the updates does not depend on the model they
+    started from), so the caller may skip reading its data.
     """
 
     name: ClassVar[str] = ""
@@ -35,6 +39,9 @@ class Strategy:
     description: ClassVar[str] = ""
     needs_all_updates: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
+    #: False when only the global state's names, shapes and dtypes matter (never its
+    #: values): the caller may then pass empty tensors on the meta device.
+    uses_global_values: ClassVar[bool] = True
 
     @classmethod
     def min_updates(cls, params: dict) -> int:

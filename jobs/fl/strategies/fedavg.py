@@ -100,6 +100,7 @@ class FedAvg(Strategy):
     description = "Federated averaging (McMahan et al. 2017), weighted by examples"
     schema = {"weighted": WEIGHTED, "sums": SUMS}
     needs_all_updates = False
+    uses_global_values = False  # the weighted mean of the updates alone
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ class AllUpdatesStrategy(Strategy):
     """
 
     needs_all_updates = True
+    uses_global_values = False  # statistics of the updates alone
 
     def __init__(self, global_state, params=None, server_state=None):
         super().__init__(global_state, params, server_state)

@@ -43,6 +43,7 @@ class ServerOptStrategy(FedAvg):
     """
 
     stateful = True
+    uses_global_values = True  # the server step moves the global model
     moments: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
