@@ -203,7 +203,6 @@ def worker_memory(spec: dict) -> dict:
     default; and float64 sums) on the same tensors, run a few times each, interleaved; the
     fastest of each. Also the default's error against the exact mean (float64), and the
     float64 sums' difference from the float64 floor."""
-    import torch
 
     from jobs.fl.serialization import load_state_dict
 
@@ -538,11 +537,7 @@ def main() -> int:
     started = time.monotonic()
     result = run(opts.sizes.split(","), [int(x) for x in opts.ns.split(",")], opts.full)
     result["summary_md"] = summary_md(result)
-    result["seconds"] = time.monotonic() - started
-    print("\n" + result["summary_md"])
-    common.write_result("aggregation", result)
-    print(f"\n({result['seconds']:.0f} s)")
-    return 0
+    return common.finish("aggregation", result, started)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,23 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def finish(name: str, result: dict, started: float) -> int:
+    """Print a benchmark's summary, write bench/out/<name>.json, say how long it took."""
+    result["seconds"] = time.monotonic() - started
+    print("\n" + result["summary_md"])
+    write_result(name, result)
+    print(f"\n({result['seconds']:.0f} s)")
+    return 0
+
+
+def print_problems(failed_requests: list[str], server_errors: list[str]) -> None:
+    """What a benchmark's requests hit: failed requests by kind, exceptions in the logs."""
+    if failed_requests:
+        print("failed requests:\n  " + "\n  ".join(failed_requests))
+    if server_errors:
+        print("exceptions in the portal's and worker's logs:\n  " + "\n  ".join(server_errors))
+
+
 @contextmanager
 def timer():
     """`with timer() as t: ...; t()` gives the elapsed seconds."""

@@ -176,38 +176,37 @@ async def measure(bench: BenchStack, nodes: int, rounds: int, profile: str | Non
     await asyncio.to_thread(bench.start)
     stats = Stats()
     rows = []
-    async with async_client(stack.url, 50) as client:
-        sims = [SimNode(name, tokens[name], stack.url, stats) for name in names]
-        beats = await asyncio.gather(*(s.heartbeat() for s in sims))
-        interval = beats[0]["heartbeat_interval_s"]
-        heartbeats = [asyncio.create_task(s.heartbeat_forever(interval)) for s in sims]
-        try:
-            cookie = await session_cookie(stack.url, bench.username, bench.password)
-            model = await _initial_model(stack, sims[0])
-            updates = perturbed_updates(model, 8)
-            for sim in sims:
-                sim.updates = updates
-            for watchers in WATCHERS:
-                profiler = Profiler(profile if watchers == max(WATCHERS) else None)
-                profiler.start(f"latency-{bench.mode}-portal", stack.portal.pid)
-                if bench.mode == "production":
-                    profiler.start(f"latency-{bench.mode}-worker", stack.processes[0].pid)
-                cpu_before = tree_cpu_seconds(stack.portal.pid)
-                try:
-                    result = await run_job(stack, sims, cookie, watchers, rounds,
-                                           idle_s=IDLE_S if watchers == max(WATCHERS) else 0)
-                finally:
-                    profiler.stop()
-                events = sum(len(p) for p in result["posts"].values())
-                result["portal_cpu_ms"] = 1000 * (tree_cpu_seconds(stack.portal.pid) - cpu_before) / max(events, 1)
-                for path in ("update", "evaluation", "both"):
-                    rows.append(_row(bench.mode, watchers, path, result))
-                print(common.table(rows[-3:], COLUMNS), flush=True)
-        finally:
-            for task in heartbeats:
-                task.cancel()
-            await asyncio.gather(*heartbeats, return_exceptions=True)
-            await agents.stop()
+    sims = [SimNode(name, tokens[name], stack.url, stats) for name in names]
+    beats = await asyncio.gather(*(s.heartbeat() for s in sims))
+    interval = beats[0]["heartbeat_interval_s"]
+    heartbeats = [asyncio.create_task(s.heartbeat_forever(interval)) for s in sims]
+    try:
+        cookie = await session_cookie(stack.url, bench.username, bench.password)
+        model = await _initial_model(stack, sims[0])
+        updates = perturbed_updates(model, 8)
+        for sim in sims:
+            sim.updates = updates
+        for watchers in WATCHERS:
+            profiler = Profiler(profile if watchers == max(WATCHERS) else None)
+            profiler.start(f"latency-{bench.mode}-portal", stack.portal.pid)
+            if bench.mode == "production":
+                profiler.start(f"latency-{bench.mode}-worker", stack.processes[0].pid)
+            cpu_before = tree_cpu_seconds(stack.portal.pid)
+            try:
+                result = await run_job(stack, sims, cookie, watchers, rounds,
+                                       idle_s=IDLE_S if watchers == max(WATCHERS) else 0)
+            finally:
+                profiler.stop()
+            events = sum(len(p) for p in result["posts"].values())
+            result["portal_cpu_ms"] = 1000 * (tree_cpu_seconds(stack.portal.pid) - cpu_before) / max(events, 1)
+            for path in ("update", "evaluation", "both"):
+                rows.append(_row(bench.mode, watchers, path, result))
+            print(common.table(rows[-3:], COLUMNS), flush=True)
+    finally:
+        for task in heartbeats:
+            task.cancel()
+        await asyncio.gather(*heartbeats, return_exceptions=True)
+        await agents.stop()
     if stats.failed:
         rows[-1]["failures"] = stats.failures
     return rows
@@ -277,10 +276,7 @@ def main() -> int:
     md = common.table(rows, COLUMNS)
     lines = verdicts(rows)
     print("\n" + md + "\n\n" + "\n".join(lines))
-    if failures:
-        print("failed requests:\n  " + "\n  ".join(failures))
-    if errors:
-        print("exceptions in the portal's and worker's logs:\n  " + "\n  ".join(errors))
+    common.print_problems(failures, errors)
     common.write_result("live_latency", {
         "nodes": opts.nodes, "rounds": opts.rounds, "rows": rows, "failed_requests": failures, "server_errors": errors,
         "targets": {"p50_ms": TARGET_P50_MS, "p95_ms": TARGET_P95_MS, "watchers": max(WATCHERS)},

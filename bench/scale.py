@@ -289,10 +289,7 @@ def main() -> int:
     md = common.table(rows, COLUMNS) + "\n\nCPU milliseconds per accepted update, by process:\n\n" + cpu_table(rows)
     lines = verdicts(rows)
     print("\n" + md + "\n\n" + "\n".join(lines))
-    if samples:
-        print("failed requests by kind:\n  " + "\n  ".join(samples))
-    if errors:
-        print("exceptions in the portal's and worker's logs:\n  " + "\n  ".join(errors))
+    common.print_problems(samples, errors)
     common.write_result("scale", {
         "rounds": opts.rounds, "env": ENV, "rows": rows, "max_connections": opts.max_connections, "failure_samples": samples,
         "server_errors": errors,

@@ -422,11 +422,7 @@ def main() -> int:
     rows = rows_of(result)
     result["rows"] = rows
     result["summary_md"] = summary_md(result, rows)
-    result["seconds"] = time.monotonic() - started
-    print("\n" + result["summary_md"])
-    common.write_result("transfer", result)
-    print(f"\n({result['seconds']:.0f} s)")
-    return 0
+    return common.finish("transfer", result, started)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from jobs.fl.serialization import load_state_dict, load_state_dict_header
 from jobs.fl.strategies import get_strategy
 from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round
 from jobs.services import artifacts
-from jobs.services.jobs import _model_version_create, job_event_record, job_fail, job_succeed
+from jobs.services.jobs import job_event_record, job_fail, job_succeed
 from jobs.services.metrics import metric_points_record
 from jobs.services.node_tasks import round_task
 from jobs.services.transitions import round_transition

@@ -6,7 +6,6 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 
 from flportal.errors import NotFound
-from jobs import events
 from jobs.exceptions import InvalidUpdateError, NotSelected, StaleRound
 from jobs.models import CrossSiteResult, Job, JobNode, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts

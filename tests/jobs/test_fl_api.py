@@ -14,14 +14,14 @@ from django.test import AsyncClient
 
 from flportal.body_limit import BodyLimit
 from jobs import events
-from jobs.models import Job, JobEvent, MetricPoint, ModelVersion, Round, Update
+from jobs.models import JobEvent, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 from jobs.services.jobs import job_cancel
 from jobs.services.node_tasks import task_for_node
 from jobs.services.transitions import round_transition
 from nodes.models import Node
 from tests.conftest import BREAST_CANCER, create_job, node_auth
-from tests.jobs.helpers import close, model_state, open_round, perturbed, row_counts, submit_train, update_bytes
+from tests.jobs.helpers import close, open_round, perturbed, row_counts, submit_train, update_bytes
 
 HEARTBEAT = "/api/v1/fl/heartbeat"
 

@@ -23,7 +23,7 @@ from jobs.services.transitions import job_transition, round_transition
 from jobs.services.watchdog import watchdog_sweep
 from nodes.models import Node
 from nodes.services import node_heartbeat, node_set_enabled
-from tests.conftest import BASE_SPEC, BREAST_CANCER, create_job, register_node, start_job
+from tests.conftest import BASE_SPEC, BREAST_CANCER, create_job
 from tests.jobs.helpers import close, fedavg, model_state, open_round, row_counts, submit_eval, submit_train
 
 pytestmark = pytest.mark.django_db
