@@ -57,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_PYTHON, ROOT, summary, table, write_result  # noqa: E402
+from simnodes import tree_cpu_seconds  # noqa: E402
 from stacklogs import first, free_redis_db, iso_time, sweep, trainer_logs  # noqa: E402
 
 from flportal.localstack import LocalStack, all_pages, child_pids, drop_database, free_port, production_env  # noqa: E402
@@ -159,6 +160,19 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _service_pid(needle: str) -> int | None:
+    """The pid of this machine's service whose command line holds `needle` (the
+    PostgreSQL postmaster, Redis), the oldest if several."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle.encode() in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return min(found) if found else None
+
+
 def _trainer_pids(workdir: Path) -> list[int]:
     marker = f"FLPORTAL_DATA_DIR={workdir / 'portal'}".encode()
     pids = []
@@ -178,21 +192,27 @@ def wait_job_with_cpu(stack: LocalStack, workdir: Path, job_id: int, timeout: fl
     from the opening of round 2 to the end (round 1 holds the trainers' start)."""
     fixed = {"portal": [stack.portal.pid] + child_pids(stack.portal.pid), "celery worker": [stack.processes[0].pid],
              "agents": [a.process.pid for a in stack.agents]}
+    trees = {"PostgreSQL (every backend)": _service_pid("postgres -D"), "Redis": _service_pid("redis-server")}
     trainers: dict[int, list[float]] = {}
     mark = None
     end = time.monotonic() + timeout
     with stack.api() as api:
         while time.monotonic() < end:
             job = api.get(f"/api/v1/jobs/{job_id}/").json()
-            for pid in _trainer_pids(workdir):
+            # the job's trainers are all running by round 2; a process that starts later is
+            # an agent's new warm spare (started once its run ended), not the job's work
+            for pid in _trainer_pids(workdir) if mark is None else list(trainers):
                 seen = trainers.setdefault(pid, [_cpu_s(pid)] * 2)
                 seen[1] = max(seen[1], _cpu_s(pid))  # 0 once the process is gone: keep the last reading
             if mark is None and (job.get("current_round") or 0) >= 2:
                 mark = {k: sum(_cpu_s(p) for p in pids) for k, pids in fixed.items()}
+                mark.update({k: tree_cpu_seconds(pid) for k, pid in trees.items() if pid})
                 for values in trainers.values():
                     values[0] = values[1]
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 cpu = {k: sum(_cpu_s(p) for p in pids) - mark[k] for k, pids in fixed.items()} if mark else {}
+                if mark:
+                    cpu.update({k: tree_cpu_seconds(pid) - mark[k] for k, pid in trees.items() if pid})
                 if mark:
                     cpu["trainers (all sites)"] = sum(v[1] - v[0] for v in trainers.values())
                 return job, cpu
@@ -422,7 +442,7 @@ def breakdown(result: dict) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--superlink-rounds", type=int, default=2,
                         help="rounds for Flower's SuperLink path (about a minute each on this 2-core machine, "
                              "so the statistics there are over round 2 only; default 2)")
@@ -515,7 +535,7 @@ def report(systems: dict, errors: dict, opts, seconds: float) -> None:
                table(parts, ["part", "median ms", "max ms"])]
         if ours.get("cpu_s_per_round"):
             md += ["", "CPU per full round, rounds 2..N (this machine has "
-                   f"{os.cpu_count()} cores; PostgreSQL and Redis not included):", "",
+                   f"{os.cpu_count()} cores; PostgreSQL and Redis: the machine's servers, all of their work):", "",
                    table([{"process": k, "CPU ms per round": 1000 * v} for k, v in ours["cpu_s_per_round"].items()],
                          ["process", "CPU ms per round"])]
     for name, res in systems.items():

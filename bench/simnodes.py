@@ -183,7 +183,7 @@ class NodeHTTP:
                 **({"Content-Type": "application/json"} if json is not None else {}), **(headers or {})}
         head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in sent.items()) + "\r\n"
         for attempt in (1, 2):
-            reused = bool(self.idle)
+            reused = attempt == 1 and bool(self.idle)  # a second attempt always on a new connection
             try:
                 reader, writer = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
             except OSError as exc:
@@ -193,7 +193,8 @@ class NodeHTTP:
                 answer, keep = await asyncio.wait_for(_read_answer(reader), timeout)
             except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
                 writer.close()
-                if reused and attempt == 1:
+                if reused:  # the portal closed it while idle (uvicorn: after 5 s); the others too, likely
+                    self._drop_idle()
                     continue
                 raise TransportError(f"{type(exc).__name__} {exc}") from None
             except asyncio.TimeoutError:
@@ -205,6 +206,11 @@ class NodeHTTP:
                 writer.close()
             return answer
         raise AssertionError("unreachable")
+
+    def _drop_idle(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[Answer, bool]:

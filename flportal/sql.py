@@ -1,5 +1,25 @@
-"""Statements the ORM makes too dear on the hot path of a round."""
+"""Statements the ORM makes too dear on the hot path of a round, written out (no model
+instances, no query compilation)."""
 from django.db import connection
+
+
+def locked_value(model, column: str, pk) -> object:
+    """`column` of the row `pk` of `model`'s table, read under the row's lock (FOR
+    UPDATE where the database has it; SQLite's transactions lock the whole file)."""
+    quote = connection.ops.quote_name
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {quote(column)} FROM {quote(model._meta.db_table)} WHERE id = %s{lock}", [pk])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def rows_count(model, column: str, value) -> int:
+    """How many rows of `model`'s table have `column` = `value`."""
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {quote(model._meta.db_table)} WHERE {quote(column)} = %s", [value])
+        return cursor.fetchone()[0]
 
 
 def rows_insert(model, columns: tuple[str, ...], rows: list[tuple]) -> None:

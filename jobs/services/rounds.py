@@ -7,11 +7,11 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from flportal.sql import rows_insert
+from flportal.sql import rows_count, rows_insert
 from jobs import events
 from jobs.fl.serialization import load_state_dict, load_state_dict_header
 from jobs.fl.strategies import get_strategy
-from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round
+from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 from jobs.services.jobs import job_event_record, job_fail, job_succeed
 from jobs.services.metrics import metric_points_record
@@ -70,7 +70,7 @@ def round_close_when_complete(rnd: Round) -> bool:
     True if it moved."""
     from jobs.tasks import round_close_task
 
-    if rnd.status != Round.Status.OPEN or rnd.updates.count() < rnd.target_updates:
+    if rnd.status != Round.Status.OPEN or rows_count(Update, "round_id", rnd.pk) < rnd.target_updates:
         return False
     _start_aggregating(rnd)
     round_close_task.delay_on_commit(rnd.pk)
@@ -106,7 +106,8 @@ def _missing_nodes(rnd: Round) -> list[Node]:
 
 def _start_aggregating(rnd: Round) -> None:
     dropped = _missing_nodes(rnd)
-    rnd.dropped.set(dropped)
+    if dropped:  # a round goes aggregating once: nobody was recorded dropped before
+        rnd.dropped.add(*dropped)
     reason = f"dropped: {', '.join(sorted(n.name for n in dropped))}" if dropped else ""
     round_transition(rnd, Round.Status.AGGREGATING, reason=reason)
 

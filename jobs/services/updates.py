@@ -6,6 +6,7 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 
 from flportal.errors import NotFound
+from flportal.sql import locked_value
 from jobs.exceptions import InvalidUpdateError, NotSelected, StaleRound
 from jobs.models import CrossSiteResult, Job, JobNode, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
@@ -173,7 +174,7 @@ def _accept(round_id: int, node: Node, kind: str, record, checked: Round | None 
             job_event_record(job=rnd.job, kind="update_accepted", node=node,
                              message=f"{rnd.kind} result from {node.name} for round {rnd.number}",
                              data={"round": rnd.number, "kind": rnd.kind, "num_examples": update.num_examples})
-            rnd.status = Round.objects.select_for_update().values_list("status", flat=True).get(pk=round_id)
+            rnd.status = locked_value(Round, "status", round_id)
             if rnd.status != Round.Status.OPEN:  # it moved on while this result was being recorded
                 artifacts.discard(update.path)
                 _check_open_and_selected(rnd, node)
