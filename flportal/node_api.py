@@ -6,7 +6,8 @@ node, which authenticates every request with its token (nodes/auth.py) and gets 
 safetensors back. Under ASGI each of Django's synchronous middlewares also costs thread
 hand-offs per request (measured with yappi on bench/round_overhead.py: 17 sync_to_async
 calls per FL request, most of them middleware), on the path of every task poll and
-upload. Errors are still answered by the URLconf's handlers (JSON under /api/).
+upload. Errors are still answered by the URLconf's handlers (JSON under /api/). The
+handler is asynchronous only: uvicorn runs it.
 """
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
@@ -14,7 +15,16 @@ from django.core.handlers.exception import convert_exception_to_response
 
 class NodeApiHandler(ASGIHandler):
     def load_middleware(self, is_async=False):
-        """BaseHandler.load_middleware with an empty middleware list."""
+        """BaseHandler.load_middleware with, for all middleware, what the node API still
+        needs of it: the Host header checked against ALLOWED_HOSTS (CommonMiddleware's
+        check; a 400 otherwise) and `nosniff` (SecurityMiddleware's)."""
         self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
-        self._middleware_chain = convert_exception_to_response(
-            self._get_response_async if is_async else self._get_response)
+        get_response = self._get_response_async
+
+        async def checked(request):
+            request.get_host()  # raises DisallowedHost, answered 400
+            response = await get_response(request)
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            return response
+
+        self._middleware_chain = convert_exception_to_response(checked)

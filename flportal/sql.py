@@ -4,10 +4,15 @@ from django.db import connection
 
 
 def locked_value(model, column: str, pk) -> object:
-    """`column` of the row `pk` of `model`'s table, read under the row's lock (FOR
-    UPDATE where the database has it; SQLite's transactions lock the whole file)."""
+    """`column` of the row `pk` of `model`'s table, read under the row's lock: FOR NO KEY
+    UPDATE on PostgreSQL, as every lock of a job or a round row takes (it excludes the
+    others, but not the key-share locks of foreign-key checks, so an upload's commit
+    never waits for, nor deadlocks with, a lock on the row its rows refer to); SQLite's
+    transactions lock the whole file."""
     quote = connection.ops.quote_name
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    features = connection.features
+    lock = (" FOR NO KEY UPDATE" if features.has_select_for_no_key_update
+            else " FOR UPDATE" if features.has_select_for_update else "")
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {quote(column)} FROM {quote(model._meta.db_table)} WHERE id = %s{lock}", [pk])
         row = cursor.fetchone()

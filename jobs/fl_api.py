@@ -21,7 +21,7 @@ from jobs.exceptions import InvalidUpdateError, UpdateTooLarge
 from jobs.fl.serialization import InvalidUpdate, validate_update_file
 from jobs.models import ModelVersion
 from jobs.services import artifacts
-from jobs.services.node_tasks import WAIT, task_for_node
+from jobs.services.node_tasks import WAIT, node_task
 from jobs.services.updates import (check_evaluation, check_num_examples, clean_cross_site_results, clean_metrics,
                                    cross_site_model, cross_site_submit, logs_append, submission_round, update_submit)
 from nodes.auth import async_node_required, node_required
@@ -84,7 +84,7 @@ def _releasing_connection(function):
     return sync_to_async(wrapper)
 
 
-_read_task = _releasing_connection(lambda job_id, node: task_for_node(job_id=job_id, node=node))
+_read_task = _releasing_connection(lambda job_id, node: node_task(job_id=job_id, node=node))
 
 
 #: A waiting poll reads its task again this often even if no wake-up came (live events
@@ -111,36 +111,37 @@ async def task(request, job_id: int):
     try:
         deadline = time.monotonic() + _wait_seconds(request)
         async with long_poll.listener().inbox(job_id) as inbox:  # first, so no wake-up after the read is missed
-            answer = await _read_task(job_id, request.node)
+            answer, floor = await _read_task(job_id, request.node)
             if answer["action"] == "wait":
-                answer = await _wait_for_task(job_id, request.node, inbox, deadline)
+                answer = await _wait_for_task(job_id, request.node, inbox, deadline, floor)
     except DomainError as exc:
         return error_response(exc)
     return JsonResponse(answer)
 
 
-async def _wait_for_task(job_id: int, node, inbox, deadline: float) -> dict:
+async def _wait_for_task(job_id: int, node, inbox, deadline: float, floor: int) -> dict:
     """The node's next task from the job's wake-ups, until `deadline` (else `wait`). The
     wake-up of a round that opened carries its task, taken without a query by the nodes
-    selected for it (others go on waiting); any other wake-up, or RECHECK_S without
-    one, reads the task again."""
+    selected for it whose last round it is later than (`floor`, a round id: a wake-up
+    can come after the node learnt of that round by a read, and answered it); others go
+    on waiting. Any other wake-up, or RECHECK_S without one, reads the task again."""
     while (remaining := deadline - time.monotonic()) > 0:
         try:
             event = await asyncio.wait_for(inbox.get(), timeout=min(RECHECK_S, remaining))
         except asyncio.TimeoutError:
             event = {}
         if "task" in event:
-            if node.pk in event.get("nodes", ()):
+            if node.pk in event.get("nodes", ()) and event["task"].get("round_id", 0) > floor:
                 return event["task"]
             continue
-        answer = await _read_task(job_id, node)
+        answer, floor = await _read_task(job_id, node)
         if answer["action"] != "wait":
             return answer
     return dict(WAIT)
 
 
 async def _submit_and_wait(request, round_id: int, kind: str, store) -> JsonResponse:
-    """The result uploads: check the round before any body is read, store the result
+    """The result uploads: check the round before the body is validated, store the result
     (`store(request, rnd)`: body, validation, the service), answer it. With `?wait=<s>`
     the answer also carries the node's next task as `next`, waited for as the task long
     poll does, which saves the node a request per round. The listener is subscribed
@@ -155,9 +156,9 @@ async def _submit_and_wait(request, round_id: int, kind: str, store) -> JsonResp
         deadline = time.monotonic() + wait
         async with long_poll.listener().inbox(rnd.job_id) as inbox:
             update, created = (existing, False) if existing else await _releasing_connection(store)(request, rnd)
-            answer = dict(WAIT) if created else await _read_task(rnd.job_id, request.node)
+            answer, floor = (dict(WAIT), rnd.pk) if created else await _read_task(rnd.job_id, request.node)
             if answer["action"] == "wait":
-                answer = await _wait_for_task(rnd.job_id, request.node, inbox, deadline)
+                answer = await _wait_for_task(rnd.job_id, request.node, inbox, deadline, max(floor, rnd.pk))
     except DomainError as exc:
         return error_response(exc)
     return _accepted(update, created=created, next_task=answer)
@@ -190,8 +191,8 @@ async def update_upload(request, round_id: int):
 
 
 def _store_update(request, rnd) -> tuple:
-    """Checked before the body is read: headers, size; then the body is streamed to a
-    file and its tensors validated against the round's model before anything is
+    """Checked first: headers, size; then the body is copied to a file (hashed on the
+    way) and its tensors validated against the round's model before anything is
     recorded."""
     num_examples, metrics = _update_headers(request)
     evaluation = _evaluation_headers(request)

@@ -12,10 +12,13 @@ a query; any other wake-up makes it read its task from the database again.
 """
 import asyncio
 import contextlib
+import logging
 import time
 import weakref
 
 from channels.layers import get_channel_layer
+
+logger = logging.getLogger(__name__)
 
 #: A group nobody waited on for this long is left (its subscription dropped).
 IDLE_GROUP_S = 60.0
@@ -28,8 +31,8 @@ def job_group(job_id: int) -> str:
 class Listener:
     """The listener of one event loop (see the module docstring)."""
 
-    def __init__(self):
-        self._layer = get_channel_layer()
+    def __init__(self, layer=None):
+        self._layer = layer or get_channel_layer()
         self._channel: str | None = None
         self._inboxes: dict[int, set[asyncio.Queue]] = {}
         self._joined: dict[int, float] = {}  # job id -> when its last inbox left (0: in use)
@@ -39,7 +42,8 @@ class Listener:
     @contextlib.asynccontextmanager
     async def inbox(self, job_id: int):
         """An asyncio.Queue that receives every wake-up of the job from the moment this
-        returns (the group subscription is complete by then) until the block exits."""
+        returns (the group subscription has been sent by then: Redis takes it before any
+        later PUBLISH) until the block exits."""
         inbox: asyncio.Queue = asyncio.Queue()
         self._inboxes.setdefault(job_id, set()).add(inbox)
         try:
@@ -50,7 +54,8 @@ class Listener:
             waiting.discard(inbox)
             if not waiting:
                 self._inboxes.pop(job_id, None)
-                self._joined[job_id] = time.monotonic()
+                if job_id in self._joined:  # not when the join itself failed: the next poll joins again
+                    self._joined[job_id] = time.monotonic()
 
     async def _join(self, job_id: int) -> None:
         if job_id in self._joined:
@@ -65,14 +70,40 @@ class Listener:
             self._joined[job_id] = 0.0
 
     async def _read(self) -> None:
+        """Hand every message to the inboxes of its job. A failure of the channel layer
+        (Redis went away) is logged, and the listener starts over on a new channel with
+        the same groups a second later; waiting polls meanwhile re-check every RECHECK_S."""
         while True:
-            message = await self._layer.receive(self._channel)
-            event = message.get("event") or {}
-            if "nodes" in event:  # every waiting poll looks itself up: a set, once
-                event["nodes"] = frozenset(event["nodes"])
-            for inbox in list(self._inboxes.get(event.get("job"), ())):
-                inbox.put_nowait(event)
-            await self._leave_idle_groups()
+            try:
+                message = await self._layer.receive(self._channel)
+                self._dispatch(message.get("event") or {})
+                await self._leave_idle_groups()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("the long-poll listener lost its channel; starting over")
+                await self._start_over()
+
+    def _dispatch(self, event: dict) -> None:
+        if "nodes" in event:  # every waiting poll looks itself up: a set, once
+            event["nodes"] = frozenset(event["nodes"])
+        for inbox in list(self._inboxes.get(event.get("job"), ())):
+            inbox.put_nowait(event)
+
+    async def _start_over(self) -> None:
+        """A new channel in the same groups, trying again every second until it works."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                async with self._lock:
+                    self._channel = await self._layer.new_channel()
+                    for job_id in list(self._joined):
+                        await self._layer.group_add(job_group(job_id), self._channel)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("the long-poll listener cannot start over yet: %s", exc)
 
     async def _leave_idle_groups(self) -> None:
         now = time.monotonic()

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import functools
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def write_server_state(job_id: int, round_number: int, state: dict) -> str:
 def keep_update(job_id: int, round_number: int, kind: str, node_name: str, tmp_path: Path,
                 sha256: str | None = None) -> tuple[str, str, int]:
     """Move a validated upload into place; returns (relative path, sha256, bytes).
-    `sha256`: the upload's digest if the caller computed it while receiving it."""
-    final = job_dir(job_id) / f"update-r{round_number:05d}-{kind}-{node_name}.safetensors"
+    `sha256`: the upload's digest if the caller computed it while receiving it. The name
+    is unique to this upload: a concurrent duplicate that loses the race must not replace
+    the file of the one that won (and is gone again with its rolled-back row)."""
+    final = job_dir(job_id) / f"update-r{round_number:05d}-{kind}-{node_name}-{secrets.token_hex(4)}.safetensors"
     digest = sha256 or file_sha256(tmp_path)
     os.replace(tmp_path, final)
     return _relative(final), digest, final.stat().st_size

@@ -50,7 +50,7 @@ def job_launch(*, job: Job, actor=None) -> Job:
     from jobs.tasks import job_start_task
 
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job.pk)
+        job = Job.objects.select_for_update(no_key=True).get(pk=job.pk)
         job_transition(job, Job.Status.QUEUED, actor=actor)
         job_start_task.delay_on_commit(job.pk)
     return job
@@ -65,7 +65,7 @@ def job_start(*, job_id: int) -> Job | None:
     from jobs.tasks import agent_start_run_task
 
     with transaction.atomic():
-        job = Job.objects.select_for_update().filter(pk=job_id, status=Job.Status.QUEUED).first()
+        job = Job.objects.select_for_update(no_key=True).filter(pk=job_id, status=Job.Status.QUEUED).first()
         if job is None:
             return None
         online = job.job_nodes.filter(node__status=Node.Status.ONLINE, node__enabled=True).count()
@@ -108,15 +108,20 @@ def job_fail(*, job: Job, reason: str, actor=None) -> Job:
 def job_cancel(*, job: Job, actor=None, reason: str = "") -> Job:
     """Cancel a job that has not ended (draft, queued or running)."""
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job.pk)
+        # the rounds in flight before the job: the order round_close and round_deadline lock them in
+        list(Round.objects.select_for_update(no_key=True).filter(
+            job_id=job.pk, status__in=[Round.Status.OPEN, Round.Status.AGGREGATING]))
+        job = Job.objects.select_for_update(no_key=True).get(pk=job.pk)
         return _job_end(job, Job.Status.CANCELLED, reason or f"cancelled by {actor}", actor)
 
 
 def _job_end(job: Job, status: str, reason: str, actor) -> Job:
+    from jobs.services.rounds import round_keep_evaluation
     from jobs.tasks import agent_stop_run_task
 
     job_transition(job, status, reason=reason, actor=actor)
-    for rnd in job.rounds_set.select_for_update().filter(status__in=[Round.Status.OPEN, Round.Status.AGGREGATING]):
+    for rnd in job.rounds_set.select_for_update(no_key=True).filter(status__in=[Round.Status.OPEN, Round.Status.AGGREGATING]):
+        round_keep_evaluation(rnd)
         round_transition(rnd, Round.Status.FAILED, reason=f"job {status}")
     for job_node in job.job_nodes.exclude(agent_run_id=""):
         agent_stop_run_task.delay_on_commit(job_node.pk)
@@ -136,7 +141,7 @@ def job_event_record(*, job: Job, kind: str, message: str, actor=None, node=None
 
 def job_node_run_started(*, job_node_id: int, run_id: str) -> None:
     with transaction.atomic():
-        jn = JobNode.objects.select_for_update().select_related("job", "node").get(pk=job_node_id)
+        jn = JobNode.objects.select_for_update(no_key=True, of=("self",)).select_related("job", "node").get(pk=job_node_id)
         jn.agent_run_id, jn.status = run_id, JobNode.Status.RUNNING
         jn.save(update_fields=["agent_run_id", "status"])
         _event(jn.job, "run_started", f"trainer started on {jn.node.name} (run {run_id})", node=jn.node)
@@ -146,7 +151,7 @@ def job_node_fail(*, job_node_id: int, reason: str) -> None:
     """A node could not take part (its agent refused or was unreachable). Its rounds
     then follow the round policy at their deadlines."""
     with transaction.atomic():
-        jn = JobNode.objects.select_for_update().select_related("job", "node").get(pk=job_node_id)
+        jn = JobNode.objects.select_for_update(no_key=True, of=("self",)).select_related("job", "node").get(pk=job_node_id)
         jn.status, jn.status_reason = JobNode.Status.FAILED, reason[:2000]
         jn.save(update_fields=["status", "status_reason"])
         _event(jn.job, "node_failed", f"{jn.node.name}: {reason}", node=jn.node)

@@ -5,6 +5,7 @@ the round opens and handed to the waiting long polls with their wake-up
 (jobs/events.py `round_task_ready`); `task_for_node` builds it from the database for a
 poll that was not waiting then."""
 from django.conf import settings
+from django.db.models import Max
 
 from flportal.errors import NotFound
 from jobs.models import Job, Round, Update
@@ -17,7 +18,14 @@ WAIT = {"action": "wait", "retry_after": 1.0}
 def task_for_node(*, job_id: int, node: Node) -> dict:
     """The next thing a node should do for a job: train, evaluate or cross-validate an
     open round it was selected for and has not answered, wait, or end.
-    Raises NotFound for a job the node does not take part in.
+    Raises NotFound for a job the node does not take part in."""
+    return node_task(job_id=job_id, node=node)[0]
+
+
+def node_task(*, job_id: int, node: Node) -> tuple[dict, int]:
+    """`task_for_node`, and the id of the job's latest round when it was read: a round's
+    task that arrives later (a wake-up) for a round up to that one is not for this node
+    any more (it answered it, or was not selected), since round ids grow.
 
     One query when there is work (an open round implies a running job: ending a job
     fails its open rounds in the same transaction), two otherwise."""
@@ -25,15 +33,16 @@ def task_for_node(*, job_id: int, node: Node) -> dict:
                     .filter(job_id=job_id, status=Round.Status.OPEN, selected=node).exclude(updates__node=node)
                     .order_by()[:1]), None)  # one open round per job at a time
     if rnd is not None:
-        return round_task(rnd.job, rnd)
+        return round_task(rnd.job, rnd), rnd.pk
     job = next(iter(Job.objects.filter(pk=job_id, job_nodes__node=node).order_by()
-                    .values_list("status", "status_reason")[:1]), None)
+                    .annotate(latest=Max("rounds_set__id")).values_list("status", "status_reason", "latest")[:1]),
+               None)
     if job is None:
         raise NotFound(f"node {node.name} takes no part in job {job_id}")
-    status, reason = job
+    status, reason, latest = job
     if status in Job.TERMINAL:
-        return {"action": "end", "reason": f"job {status}" + (f": {reason}" if reason else "")}
-    return dict(WAIT)
+        return {"action": "end", "reason": f"job {status}" + (f": {reason}" if reason else "")}, latest or 0
+    return dict(WAIT), latest or 0
 
 
 def round_task(job: Job, rnd: Round) -> dict:

@@ -82,7 +82,7 @@ def round_deadline(*, round_id: int) -> bool:
     otherwise it fails, and the job with it, naming the nodes that did not report.
     True if the round moved to aggregating (the caller then runs round_close)."""
     with transaction.atomic():
-        rnd = Round.objects.select_for_update().select_related("job").filter(pk=round_id, status=Round.Status.OPEN).first()
+        rnd = Round.objects.select_for_update(no_key=True).select_related("job").filter(pk=round_id, status=Round.Status.OPEN).first()
         if rnd is None or rnd.deadline > timezone.now():
             return False
         received = rnd.updates.count()
@@ -93,8 +93,9 @@ def round_deadline(*, round_id: int) -> bool:
         missing = ", ".join(sorted(n.name for n in _missing_nodes(rnd)))
         reason = (f"round {rnd.number} ({rnd.kind}) failed: {received} of {required} required updates "
                   f"by the deadline ({rnd.job.round_timeout_s:g} s); missing: {missing}")
+        round_keep_evaluation(rnd)
         round_transition(rnd, Round.Status.FAILED, reason=reason)
-        job = Job.objects.select_for_update().get(pk=rnd.job_id)
+        job = Job.objects.select_for_update(no_key=True).get(pk=rnd.job_id)
         if not job.is_terminal:
             job_fail(job=job, reason=reason)
     return False
@@ -127,7 +128,7 @@ def round_close(*, round_id: int) -> Round | None:
         _aggregation_failed(round_id, f"aggregation of round {rnd.number} failed: {exc}")
         return None
     with transaction.atomic():
-        rnd = next(iter(Round.objects.select_for_update().select_related("job")  # locks the job's row too
+        rnd = next(iter(Round.objects.select_for_update(no_key=True).select_related("job")  # locks the job's row too
                         .filter(pk=round_id, status=Round.Status.AGGREGATING).order_by()[:1]), None)
         if rnd is None:
             return None
@@ -145,11 +146,12 @@ def round_close(*, round_id: int) -> Round | None:
 
 def _aggregation_failed(round_id: int, reason: str) -> None:
     with transaction.atomic():
-        rnd = Round.objects.select_for_update().filter(pk=round_id, status=Round.Status.AGGREGATING).first()
+        rnd = Round.objects.select_for_update(no_key=True).filter(pk=round_id, status=Round.Status.AGGREGATING).first()
         if rnd is None:
             return
+        round_keep_evaluation(rnd)
         round_transition(rnd, Round.Status.FAILED, reason=reason)
-        job = Job.objects.select_for_update().get(pk=rnd.job_id)
+        job = Job.objects.select_for_update(no_key=True).get(pk=rnd.job_id)
         if not job.is_terminal:
             job_fail(job=job, reason=reason)
 
@@ -178,6 +180,15 @@ def _aggregate_round_metrics(rnd: Round) -> None:
     phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
     _aggregate_metrics(rnd.job_id, rnd.number, phase, node_ids)
     if rnd.kind == Round.Kind.TRAIN and rnd.evaluate_first:
+        _aggregate_metrics(rnd.job_id, rnd.number - 1, MetricPoint.Phase.EVAL, node_ids)
+
+
+def round_keep_evaluation(rnd: Round) -> None:
+    """For a train round that evaluated first and fails: the evaluation of the model it
+    started from, over the results it got, is still aggregated (that model is the job's
+    last good one)."""
+    if rnd.kind == Round.Kind.TRAIN and rnd.evaluate_first:
+        node_ids = list(rnd.updates.values_list("node_id", flat=True))
         _aggregate_metrics(rnd.job_id, rnd.number - 1, MetricPoint.Phase.EVAL, node_ids)
 
 

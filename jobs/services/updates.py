@@ -21,7 +21,7 @@ MAX_LOG_LINES = 200
 
 
 def submission_round(*, round_id: int, node: Node, kind: str) -> tuple[Round, Update | None]:
-    """The round a node submits to, checked before any body is read (one query):
+    """The round a node submits to, checked before the body is validated and stored (one query):
     returns the round and the node's existing update (a duplicate is answered as
     before). Raises NotFound (not the node's job), NotSelected (403) or StaleRound (409)."""
     rnd = _submission_facts(round_id, node)
@@ -125,8 +125,12 @@ def update_submit(*, round_id: int, node: Node, upload: Path | None, num_example
         check_evaluation(rnd, evaluation)
         stored = (artifacts.keep_update(rnd.job_id, rnd.number, rnd.kind, node.name, upload, upload_sha256)
                   if upload else ("", "", 0))
-        update = Update.objects.create(round=rnd, node=node, path=stored[0], sha256=stored[1], bytes=stored[2],
-                                       num_examples=num_examples)
+        try:
+            update = Update.objects.create(round=rnd, node=node, path=stored[0], sha256=stored[1], bytes=stored[2],
+                                           num_examples=num_examples)
+        except BaseException:  # a concurrent duplicate won (IntegrityError), or the database failed
+            artifacts.discard(stored[0])
+            raise
         phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
         results = [(rnd.number, phase, metrics | {"num_examples": float(num_examples)})]
         if evaluation is not None and rnd.evaluate_first:
@@ -171,14 +175,16 @@ def _accept(round_id: int, node: Node, kind: str, record, checked: Round | None 
                 return Update.objects.get(pk=rnd.existing_update_id), False
             _check_open_and_selected(rnd, node)
             update = record(rnd)
-            job_event_record(job=rnd.job, kind="update_accepted", node=node,
-                             message=f"{rnd.kind} result from {node.name} for round {rnd.number}",
-                             data={"round": rnd.number, "kind": rnd.kind, "num_examples": update.num_examples})
-            rnd.status = locked_value(Round, "status", round_id)
-            if rnd.status != Round.Status.OPEN:  # it moved on while this result was being recorded
+            try:
+                job_event_record(job=rnd.job, kind="update_accepted", node=node,
+                                 message=f"{rnd.kind} result from {node.name} for round {rnd.number}",
+                                 data={"round": rnd.number, "kind": rnd.kind, "num_examples": update.num_examples})
+                rnd.status = locked_value(Round, "status", round_id)
+                _check_open_and_selected(rnd, node)  # it may have moved on while this result was recorded
+                round_close_when_complete(rnd)
+            except BaseException:  # the transaction rolls back: the file goes too
                 artifacts.discard(update.path)
-                _check_open_and_selected(rnd, node)
-            round_close_when_complete(rnd)
+                raise
             return update, True
     except IntegrityError:  # a concurrent duplicate won the race
         return Update.objects.get(round_id=round_id, node=node), False

@@ -47,7 +47,7 @@ def _fail_running_without_round() -> list[int]:
     failed = []
     for job_id in orphans.values_list("pk", flat=True):
         with transaction.atomic():
-            job = Job.objects.select_for_update().filter(pk=job_id, status=Job.Status.RUNNING).first()
+            job = Job.objects.select_for_update(no_key=True).filter(pk=job_id, status=Job.Status.RUNNING).first()
             if job and not job.rounds_set.filter(status__in=[Round.Status.OPEN, Round.Status.AGGREGATING]).exists():
                 job_fail(job=job, reason="no round in flight and none can be opened (watchdog)")
                 failed.append(job_id)

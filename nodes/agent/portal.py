@@ -73,10 +73,9 @@ class Response:
 class PortalClient:
     """Authenticated HTTP calls to one portal as one node (``Authorization: Node <token>``).
 
-    One persistent (keep-alive) connection, used by one call at a time: a trainer makes
-    three calls a round, and a new TCP connection each cost the portal more than the
-    call itself. When the portal has closed an idle connection, the call is made once
-    more on a new one; that is safe because every call of the FL API is idempotent (a
+    One persistent (keep-alive) connection, used by one call at a time: a new TCP
+    connection per call cost the portal more than many a call itself. When the portal has closed an idle connection, the call is made once
+    more on a new one; that is safe because every call a node makes is idempotent (a
     repeated upload is answered as the first one). Redirects are never followed.
     """
 

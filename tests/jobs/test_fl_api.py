@@ -432,7 +432,8 @@ def test_results_for_the_wrong_kind_of_round_are_refused(client, rnd, nodes3, go
     body = assert_error(upload(client, evaluate_round, nodes3[0], good_body), 400, "invalid_update")
     assert "evaluate round" in body["message"]
     assert row_counts() == counts
-    assert leftovers(evaluate_round.job) == [f"update-r00001-train-{cr.node.name}.safetensors" for cr in nodes3]
+    assert [name.rsplit("-", 1)[0] for name in leftovers(evaluate_round.job)] == [
+        f"update-r00001-train-{cr.node.name}" for cr in nodes3]
 
 
 EVALUATION = {"X-Eval-Examples": "40", "X-Eval-Metrics": '{"loss": 0.25, "accuracy": 0.9, "eval_s": 0.01}'}
@@ -459,8 +460,8 @@ def test_an_update_without_a_good_evaluation_is_refused_where_the_round_asks_for
     response = upload(client, second_round, nodes3[0], update_bytes(perturbed(second_round, seed=1)), **headers)
     body = assert_error(response, 400, "invalid_update")
     assert "X-Eval" in body["message"] or "evaluation" in body["message"]
-    assert row_counts() == counts and leftovers(second_round.job) == [
-        f"update-r00001-train-{cr.node.name}.safetensors" for cr in nodes3]
+    assert row_counts() == counts and [name.rsplit("-", 1)[0] for name in leftovers(second_round.job)] == [
+        f"update-r00001-train-{cr.node.name}" for cr in nodes3]
 
 
 @pytest.mark.django_db
@@ -627,15 +628,18 @@ def test_a_wake_up_hands_its_task_only_to_the_nodes_it_names(started_job, nodes3
     a, b = nodes3[0], nodes3[1]
     for i, cr in enumerate((a, b)):
         submit_train(train, cr.node, tmp_path, seed=i, num_examples=5)  # both now have to wait
-    carried = {"action": "train", "round": 99, "from": "the wake-up"}
+    carried = {"action": "train", "round": 99, "round_id": train.pk + 100, "from": "the wake-up"}
 
-    def wake_b():
+    def wake_b(task=carried):
         with django_capture_on_commit_callbacks(execute=True):
-            events.round_task_ready(started_job.pk, carried, [b.node.pk])
+            events.round_task_ready(started_job.pk, task, [b.node.pk])
 
     response, seconds = poll_while(started_job, b, wake_b)
     assert response.json() == carried and seconds < 0.45
     response, seconds = poll_while(started_job, a, wake_b, wait=1.5)
+    assert response.json() == {"action": "wait", "retry_after": 1.0} and seconds > 1.0
+    # a late wake-up of the round b already answered is not handed to it again
+    response, seconds = poll_while(started_job, b, lambda: wake_b({**carried, "round_id": train.pk}), wait=1.5)
     assert response.json() == {"action": "wait", "retry_after": 1.0} and seconds > 1.0
 
 
@@ -748,7 +752,7 @@ def test_django_behind_the_limit_answers_413_for_a_streamed_upload(rnd, nodes3, 
 
 # --- the node API's own handler --------------------------------------------------------------------
 
-def asgi_request(method: str, path: str, headers: list, body: bytes = b""):
+def asgi_request(method: str, path: str, headers: list, body: bytes = b"", host: bytes = b"localhost"):
     """One request through the real ASGI app; (status, headers by lower-case name, body). The client stays
     connected until the answer is sent (Django stops a request on a disconnect)."""
     from flportal.asgi import application
@@ -765,7 +769,7 @@ def asgi_request(method: str, path: str, headers: list, body: bytes = b""):
             sent.append(message)
 
         await application({"type": "http", "method": method, "path": path, "query_string": b"",
-                           "headers": [(b"host", b"localhost"), *headers], "http_version": "1.1", "scheme": "http",
+                           "headers": [(b"host", host), *headers], "http_version": "1.1", "scheme": "http",
                            "server": ("localhost", 80), "client": ("127.0.0.1", 1), "root_path": "",
                            "asgi": {"version": "3.0"}}, receive, send)
         return sent
@@ -786,6 +790,11 @@ def test_the_node_api_runs_without_the_browser_middleware_and_pages_with_it(node
     assert status == 200 and json.loads(answer)["node"] == nodes3[0].node.name
     assert b"x-frame-options" not in headers and b"set-cookie" not in headers
     assert Node.objects.get(pk=nodes3[0].node.pk).version == "x"
+
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    status, _, _ = asgi_request("POST", HEARTBEAT, [(b"authorization", node_auth(nodes3[0]).encode())], body,
+                                host=b"evil.example")
+    assert status == 400  # ALLOWED_HOSTS still holds
 
     status, headers, _ = asgi_request("GET", "/login/", [])
     assert status == 200 and headers[b"x-frame-options"] == b"DENY" and b"csrftoken" in headers.get(b"set-cookie", b"")

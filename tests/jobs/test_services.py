@@ -4,6 +4,7 @@ task, cancellation and the watchdog's sweep."""
 import base64
 import functools
 import hashlib
+from pathlib import Path
 from datetime import timedelta
 
 import pytest
@@ -24,7 +25,8 @@ from jobs.services.watchdog import watchdog_sweep
 from nodes.models import Node
 from nodes.services import node_heartbeat, node_set_enabled
 from tests.conftest import BASE_SPEC, BREAST_CANCER, create_job
-from tests.jobs.helpers import close, fedavg, model_state, open_round, row_counts, submit_eval, submit_train
+from tests.jobs.helpers import (close, fedavg, model_state, open_round, perturbed, row_counts, submit_eval, submit_train,
+                                write_update)
 
 pytestmark = pytest.mark.django_db
 REAL_ROUND_DEADLINE_TASK = tasks.round_deadline_task  # kept before `queued_tasks` patches the name
@@ -394,6 +396,23 @@ def test_a_result_whose_round_moved_on_while_it_was_recorded_is_refused_and_leav
     assert not list(artifacts.job_dir(started_job.pk).glob("update-*"))
 
 
+def test_a_duplicate_that_loses_the_race_returns_the_winner_and_leaves_only_its_file(started_job, nodes3, tmp_path):
+    """Two uploads of one node checked before either committed: the second insert hits
+    the unique constraint; the first update is the answer, and its file stays as it was."""
+    from jobs.services.updates import _submission_facts, update_submit
+
+    train, node = open_round(started_job), nodes3[0].node
+    seen_before = _submission_facts(train.pk, node)  # what the loser's check saw
+    winner, created, _ = submit_train(train, node, tmp_path, seed=1, num_examples=10)
+    loser = write_update(perturbed(train, seed=2), tmp_path / "late", "late")
+    answer, created_again = update_submit(round_id=train.pk, node=node, upload=loser, num_examples=99, metrics={},
+                                          checked=seen_before)
+    assert created and not created_again and answer.pk == winner.pk and answer.num_examples == 10
+    files = sorted(p.name for p in artifacts.job_dir(started_job.pk).glob("update-*"))
+    assert files == [Path(winner.path).name]
+    assert hashlib.sha256(artifacts.absolute(winner.path).read_bytes()).hexdigest() == winner.sha256
+
+
 def test_round_close_is_idempotent(started_job, nodes3, tmp_path):
     train = open_round(started_job)
     for i, cr in enumerate(nodes3):
@@ -692,3 +711,26 @@ def test_a_round_whose_aggregation_keeps_failing_ends_the_job(started_job, nodes
     started_job.refresh_from_db()
     assert started_job.status == Job.Status.FAILED
     assert "No space left" in started_job.status_reason or "aggregat" in started_job.status_reason
+
+
+@pytest.mark.parametrize("ending", ["deadline", "cancel"])
+def test_a_round_that_evaluated_first_and_fails_still_aggregates_the_evaluation_it_got(
+        make_started_job, nodes3, tmp_path, ending):
+    job = make_started_job(rounds=3, clients_required=3)
+    train = open_round(job)
+    for i, cr in enumerate(nodes3):
+        submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
+    close(train)
+    second = open_round(job)
+    for i, cr in enumerate(nodes3[:2]):  # site-c never answers
+        submit_train(second, cr.node, tmp_path, seed=5 + i, num_examples=10, evaluation=(20 * (i + 1), {"loss": 0.1 * (i + 1)}))
+    if ending == "deadline":
+        time_travel_deadline(second)
+        assert round_deadline(round_id=second.pk) is False
+    else:
+        job_cancel(job=job, reason="stop")
+    second.refresh_from_db()
+    assert second.status == Round.Status.FAILED
+    assert aggregate(job, 1, "eval") == {"loss": pytest.approx((20 * 0.1 + 40 * 0.2) / 60), "num_examples": 60.0,
+                                         "num_nodes": 2.0}
+    assert aggregate(job, 2, "fit") == {}  # a failed round's training is no model
