@@ -69,16 +69,18 @@ def heartbeat(request):
 
 
 def _releasing_connection(function):
-    """`function`, then give the database connection back: a long poll must not hold one
-    of PostgreSQL's connections while it waits (measured: 60 waiting nodes exhausted
-    max_connections)."""
+    """`function`, then give a pooled database connection back: a long poll must not
+    hold one of PostgreSQL's connections while it waits (measured: 60 waiting nodes
+    exhausted max_connections). SQLite's (no pool) stays: opening one runs its PRAGMAs,
+    and under several writers that cost a busy wait of up to 150 ms now and then
+    (bench/live_latency.py, embedded)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         finally:
-            if not connection.in_atomic_block:
+            if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
                 connection.close()
 
     return sync_to_async(wrapper)
