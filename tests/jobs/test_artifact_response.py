@@ -4,9 +4,15 @@ import asyncio
 import os
 import warnings
 
+import pytest
 from django.core.handlers.asgi import ASGIHandler
 
 from jobs.services.artifacts import ArtifactResponse
+
+# Closing a response sends request_finished, whose close_old_connections touches the
+# database connections a test before this one may have opened in this thread: with no
+# database access allowed here, that raised (an order-dependent failure after test_apis).
+pytestmark = pytest.mark.django_db
 
 
 def blob(tmp_path, size):
