@@ -1,7 +1,7 @@
 """FedAvg over N updates of P float32 parameters, read from safetensors files on disk as the
 portal's worker does (`jobs.services.rounds._aggregate_and_write`: load the global state,
 then for each update load it, add it, drop it), in its two ways of summing float32 tensors
-(jobs/fl/strategies/fedavg.py's ``sums`` strategy parameter, passed as the worker passes a
+(fl/strategies/fedavg.py's ``sums`` strategy parameter, passed as the worker passes a
 job's ``strategy_params``: ``get_strategy(name)(global_state, params)``): float32 sums, the
 default ("ours", ``{}``), and float64 sums ("ours64", ``{"sums": "float64"}``). The targets
 are judged on the default. Against, in the same run:
@@ -46,13 +46,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 SIZES = {"1M": 1_000_000, "10M": 10_000_000}
 SCRIPT = Path(__file__).resolve()
 REPEATS = {"1M": 5, "10M": 3}  # timings: the fastest of this many passes (a shared machine only adds delays)
 #: The two ways FedAvg can sum float32 tensors (the ``sums`` strategy parameter of
-#: jobs/fl/strategies/fedavg.py), as strategy_params: the default first.
+#: fl/strategies/fedavg.py), as strategy_params: the default first.
 VARIANT_PARAMS = {"ours": {}, "ours64": {"sums": "float64"}}
 
 
@@ -125,8 +125,8 @@ def worker_stream(spec: dict) -> dict:
     """The portal's path (``_aggregate_and_write``): load the global state, then load, add
     and drop each update, then ``result()``. The first pass gives the memory figures;
     the timings are the fastest of the passes (the files are in the page cache)."""
-    from jobs.fl.serialization import load_state_dict, load_state_dict_header
-    from jobs.fl.strategies import get_strategy
+    from fl.serialization import load_state_dict, load_state_dict_header
+    from fl.strategies import get_strategy
 
     # as the worker does: only the header of the global model when the strategy needs no more
     load_global = load_state_dict if get_strategy(spec["strategy"]).uses_global_values else load_state_dict_header
@@ -189,7 +189,7 @@ def _warm_up(strategy_name: str, params: dict) -> None:
     neither timed nor counted as the case's memory."""
     import torch
 
-    from jobs.fl.strategies import get_strategy
+    from fl.strategies import get_strategy
 
     small = {"w": torch.zeros(64, 8), "b": torch.zeros(8)}
     strategy = get_strategy(strategy_name)(small, params)
@@ -204,7 +204,7 @@ def worker_memory(spec: dict) -> dict:
     fastest of each. Also the default's error against the exact mean (float64), and the
     float64 sums' difference from the float64 floor."""
 
-    from jobs.fl.serialization import load_state_dict
+    from fl.serialization import load_state_dict
 
     _threads()
     global_state = load_state_dict(spec["global"])
@@ -261,7 +261,7 @@ def _floor_f64(global_state, updates, counts):
 
 def _ours(params, global_state, updates, counts):
     """The portal's FedAvg over the same tensors, with the sums ``params`` ask for."""
-    from jobs.fl.strategies import get_strategy
+    from fl.strategies import get_strategy
 
     strategy = get_strategy("fedavg")(global_state, params)
     for update, count in zip(updates, counts):

@@ -21,7 +21,7 @@ machine's clock, millisecond resolution). The components, per trainer, slowest s
 (Warm, trainer boot is a millisecond or two and may read slightly negative: the agent
 logs its line just after the hand-over, and the two processes' log stamps race.)
 
-Warm trainers (nodes/agent/spare.py) are measured first. Before each trial the
+Warm trainers (agent/spare.py) are measured first. Before each trial the
 benchmark waits until every agent is idle (no run left) and, warm, until every agent
 reports its spare `ready` in /health: a spare is rebuilt only when its site is idle,
 so each trial measures a start on an idle system with the spares in place, which is
@@ -43,13 +43,12 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import summary, table, write_result  # noqa: E402
-from stacklogs import first, free_redis_db, iso_time, read_lines, sweep, trainer_logs  # noqa: E402
+import httpx
+from common import summary, table, write_result
+from round_overhead import release
+from stacklogs import first, free_redis_db, iso_time, read_lines, sweep, trainer_logs
 
-import httpx  # noqa: E402
-
-from flportal.localstack import LocalStack, production_env  # noqa: E402
-from round_overhead import release  # noqa: E402
+from flportal.localstack import LocalStack, production_env
 
 REDIS_DBS = [11, 10, 15, 8, 7, 6, 5]  # free_redis_db() takes the first that nobody uses (bench/scale.py: 13, queries: 14,
 # live_latency: 12, tests/e2e: 9)
@@ -189,7 +188,7 @@ def main() -> int:
         if not opts.no_baseline:
             restart_agents(stack, warm=False)
             results["cold"] = measure(stack, workdir, opts, warm=False)
-    except Exception as exc:  # noqa: BLE001 - reported in the result, not hidden
+    except Exception as exc:
         traceback.print_exc()
         error = f"{type(exc).__name__}: {exc}"
     finally:

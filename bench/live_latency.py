@@ -30,11 +30,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from simnodes import BenchStack, FakeAgents, Profiler, SimNode, Stats, async_client, perturbed_updates, \
-    register_nodes, session_cookie, tree_cpu_seconds  # noqa: E402
-
-import websockets  # noqa: E402
+import common
+import websockets
+from simnodes import (
+    BenchStack,
+    FakeAgents,
+    Profiler,
+    SimNode,
+    Stats,
+    async_client,
+    perturbed_updates,
+    register_nodes,
+    session_cookie,
+    tree_cpu_seconds,
+)
 
 TARGET_P50_MS, TARGET_P95_MS = 20.0, 100.0
 WATCHERS = (1, 50)
@@ -112,7 +121,7 @@ async def post_one(sim: SimNode, job_id: int, watchers: int, arrivals: dict, tim
     timings.posts[path].append((time.perf_counter() - t0) * 1000)
     try:
         await asyncio.wait_for(slot["done"].wait(), EVENT_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     timings.lost += watchers - len(slot["times"])
     latencies = [(t - t0) * 1000 for t in slot["times"]]

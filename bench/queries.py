@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from simnodes import BenchStack, Profiler, async_client, session_cookie  # noqa: E402
+import common
+from simnodes import BenchStack, Profiler, async_client, session_cookie
 
 ROUNDS, NODES = 100, 10
 FIT_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "compute_s", "num_examples")
@@ -140,7 +140,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from flportal.auth import api_token_create
+from core.auth import api_token_create
 
 
 def cost(what, username, url):

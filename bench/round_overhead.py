@@ -19,7 +19,7 @@ summary says so).
 Workload (the same for every system): logistic regression (torch nn.Linear(64, 10)) on
 scikit-learn's digits split IID over the sites (`make_demo_data --dataset digits`, the
 same .npz files for everyone), the same 80/20 train/validation split and training code
-(jobs.fl), SGD lr 0.1, batch 32, 1 local epoch, FedAvg over all sites, federated
+(fl), SGD lr 0.1, batch 32, 1 local epoch, FedAvg over all sites, federated
 evaluation after every round, one process per site, OMP_NUM_THREADS=1.
 
 How a round is counted. A *full round* n is one training round plus one federated
@@ -56,11 +56,11 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_PYTHON, ROOT, summary, table, write_result  # noqa: E402
-from simnodes import tree_cpu_seconds  # noqa: E402
-from stacklogs import first, free_redis_db, iso_time, sweep, trainer_logs  # noqa: E402
+from common import BENCH_PYTHON, ROOT, summary, table, write_result
+from simnodes import tree_cpu_seconds
+from stacklogs import first, free_redis_db, iso_time, sweep, trainer_logs
 
-from flportal.localstack import LocalStack, all_pages, child_pids, drop_database, free_port, production_env  # noqa: E402
+from flportal.localstack import LocalStack, all_pages, child_pids, drop_database, free_port, production_env
 
 REDIS_DBS = [10, 11, 15, 8, 7, 6, 5]  # free_redis_db() takes the first that nobody uses (bench/scale.py: 13, queries: 14,
 # live_latency: 12, tests/e2e: 9)
@@ -143,7 +143,7 @@ def release(database: str, env: dict) -> None:
     """Drop the benchmark's database and empty its Redis db (free for the next run)."""
     try:
         drop_database(database)
-    except Exception as exc:  # noqa: BLE001 - report, keep cleaning up
+    except Exception as exc:
         print(f"dropping database {database}: {exc}", file=sys.stderr)
     if env.get("REDIS_URL"):
         import redis
@@ -178,7 +178,7 @@ def _trainer_pids(workdir: Path) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if (entry.name.isdigit() and b"nodes.agent.trainer" in (entry / "cmdline").read_bytes()
+            if (entry.name.isdigit() and b"agent.trainer" in (entry / "cmdline").read_bytes()
                     and marker in (entry / "environ").read_bytes().split(b"\0")):
                 pids.append(int(entry.name))
         except OSError:
@@ -419,7 +419,7 @@ def overheads(result: dict) -> dict:
         r["overhead_s"] = r["wall_s"] - r["fit_compute_s"] - r["eval_s"]
         r["overhead_no_eval_sub_s"] = r["wall_s"] - r["fit_compute_s"]
     steady = [r for r in result["rounds"] if r["round"] >= 2] or result["rounds"]
-    ms = lambda key: summary([1000 * r[key] for r in steady])  # noqa: E731
+    ms = lambda key: summary([1000 * r[key] for r in steady])
     result.update({"overhead_ms": ms("overhead_s"), "overhead_no_eval_sub_ms": ms("overhead_no_eval_sub_s"),
                    "wall_ms": ms("wall_s"), "fit_compute_ms": ms("fit_compute_s"), "eval_ms": ms("eval_s"),
                    "round1_overhead_ms": 1000 * result["rounds"][0]["overhead_s"]})
@@ -482,7 +482,7 @@ def measure(opts, workdir: Path) -> int:
             systems[name] = overheads(convert(raw) if convert else raw)
             print(f"{name}: median overhead {systems[name]['overhead_ms']['median']:.1f} ms "
                   f"({time.monotonic() - t0:.0f} s)", flush=True)
-        except Exception as exc:  # noqa: BLE001 - a system that fails is reported, not hidden
+        except Exception as exc:
             traceback.print_exc()
             errors[name] = f"{type(exc).__name__}: {exc}"
             print(f"{name}: FAILED ({errors[name]})", flush=True)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, machine, versions  # noqa: E402
+from common import OUT, ROOT, machine, versions
 
 BENCHMARKS = ["round_overhead", "aggregation", "transfer", "live_latency", "job_start", "scale", "queries"]
 

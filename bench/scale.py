@@ -28,9 +28,19 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from simnodes import BenchStack, FakeAgents, Profiler, SimNode, Stats, async_client, perturbed_updates, \
-    register_nodes, self_cpu_seconds, tree_cpu_seconds  # noqa: E402
+import common
+from simnodes import (
+    BenchStack,
+    FakeAgents,
+    Profiler,
+    SimNode,
+    Stats,
+    async_client,
+    perturbed_updates,
+    register_nodes,
+    self_cpu_seconds,
+    tree_cpu_seconds,
+)
 
 TARGET_RATIO = 12.0
 # A fleet of 1000 sites heartbeating every 5 s (the default) would be 200 requests/s on
@@ -150,7 +160,7 @@ async def wait_job(client, headers, job_id: int, timeout: float) -> str:
             job = (await client.get(f"/api/v1/jobs/{job_id}/", headers=headers, timeout=30)).json()
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return job["status"] + (f": {job['status_reason']}" if job["status"] == "failed" else "")
-        except Exception:  # noqa: BLE001 - a slow answer is not the end of the job
+        except Exception:
             pass
         await asyncio.sleep(1.0)
     await client.post(f"/api/v1/jobs/{job_id}/cancel/", headers=headers, json={"reason": "benchmark timeout"},

@@ -91,7 +91,7 @@ class FakeAgents:
             writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}"
                          f"\r\nConnection: close\r\n\r\n".encode() + payload)
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, ValueError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
             writer.close()
@@ -197,7 +197,7 @@ class NodeHTTP:
                     self._drop_idle()
                     continue
                 raise TransportError(f"{type(exc).__name__} {exc}") from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 writer.close()
                 raise TransportError(f"no answer in {timeout:g} s") from None
             if keep:
@@ -275,7 +275,7 @@ class SimNode:
             self.trainer = asyncio.create_task(self.train_loop(job_id, wait_s))
 
     async def train_loop(self, job_id: int, wait_s: float) -> str:
-        """The trainer's protocol (nodes/agent/trainer.py) without the training: the
+        """The trainer's protocol (agent/trainer.py) without the training: the
         next task comes with a result's answer (`?wait=`), else from a long poll."""
         task = None
         while True:
@@ -568,7 +568,7 @@ class Profiler:
         for proc in self.procs:
             try:
                 proc.wait(30)
-            except Exception:  # noqa: BLE001 - a profiler must never fail the benchmark
+            except Exception:
                 proc.kill()
         self.procs = []
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flportal.localstack import LocalStack, all_pages  # noqa: E402
+from flportal.localstack import LocalStack, all_pages
 
 STRATEGIES = [("fedavg", {}), ("fedprox", {"mu": 0.01}), ("fedadam", {"eta": 0.05}), ("fedmedian", {})]
 

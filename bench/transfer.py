@@ -7,7 +7,7 @@ hidden widths 5000 and 5000 (25.4 M float32 parameters, 101.5 MB of safetensors)
 registered nodes; this script plays the sites through the public paths only: it answers
 the portal's agent calls (docs/PROTOCOL.md section 2: start a run, stop it), sends the
 nodes' heartbeats, pulls the task, then, with the node agent's own client
-(``nodes.agent.portal.PortalClient``, what a trainer uses):
+(``agent.portal.PortalClient``, what a trainer uses):
 
 - download: ``GET /api/v1/fl/jobs/<id>/models/0`` with the node token;
 - upload: ``POST /api/v1/fl/rounds/<id>/update`` with the node token, one update per node
@@ -40,10 +40,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-from flportal.localstack import LocalStack, free_port  # noqa: E402
-from nodes.agent.portal import PortalClient  # noqa: E402
+from agent.portal import PortalClient
+from flportal.localstack import LocalStack, free_port
 
 HIDDEN = [5000, 5000]
 IN_FEATURES, NUM_CLASSES = 64, 10
@@ -89,10 +89,10 @@ class FakeAgent(ThreadingHTTPServer):
 
 
 class _AgentHandler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._answer()
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self._answer()
 
     def _answer(self):

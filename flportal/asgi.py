@@ -13,8 +13,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from flportal.body_limit import BodyLimit  # noqa: E402
-from flportal.node_api import NodeApiHandler  # noqa: E402
+from core.body_limit import BodyLimit  # noqa: E402
+from core.node_api import NodeApiHandler  # noqa: E402
 from jobs.routing import websocket_urlpatterns  # noqa: E402
 
 NODE_API = "/api/v1/fl/"

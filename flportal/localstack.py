@@ -174,7 +174,7 @@ class LocalStack:
 
     def start_agent(self, agent: Agent) -> subprocess.Popen:
         agent.process = self.spawn(agent.name, [
-            sys.executable, "-m", "nodes.agent", "--portal", self.url, "--name", agent.name,
+            sys.executable, "-m", "agent", "--portal", self.url, "--name", agent.name,
             "--data-dir", str(agent.data_dir), "--port", str(agent.port),
             "--runs-dir", str(self.workdir / "runs" / agent.name),
             "--heartbeat-interval", str(self.heartbeat_interval), "--stop-grace", "3",

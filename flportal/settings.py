@@ -6,8 +6,6 @@ import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from jobs.fl.params import parse_model_paths  # no torch, no Django
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FLPORTAL_DATA_DIR", BASE_DIR / "var")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -82,9 +80,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "channels",
-    "flportal",
+    "core",
     "nodes",
     "jobs",
+    "flportal",  # its management commands: serve, demo
 ]
 
 MIDDLEWARE = [
@@ -132,11 +131,11 @@ ARTIFACT_ROOT = Path(os.environ.get("FLPORTAL_ARTIFACT_ROOT", DATA_DIR / "artifa
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "flportal.auth.ApiTokenAuthentication",
+        "core.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "EXCEPTION_HANDLER": "flportal.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
 }
@@ -163,7 +162,7 @@ CELERY_BEAT_SCHEDULE = {
 if EMBEDDED:
     # group_expiry: the in-memory layer drops a group membership after a day by default,
     # and the task long polls' listener (jobs/long_poll.py) stays in a job's group.
-    CHANNEL_LAYERS = {"default": {"BACKEND": "flportal.channel_layer.EmbeddedChannelLayer",
+    CHANNEL_LAYERS = {"default": {"BACKEND": "core.channel_layer.EmbeddedChannelLayer",
                                   "CONFIG": {"group_expiry": 10**9}}}
 else:
     # Redis Pub/Sub: one PUBLISH per event reaches every process, and each process fans
@@ -187,10 +186,15 @@ FLPORTAL_HEARTBEAT_INTERVAL_S = float(os.environ.get("FLPORTAL_HEARTBEAT_INTERVA
 FLPORTAL_NODE_OFFLINE_AFTER_S = float(os.environ.get("FLPORTAL_NODE_OFFLINE_AFTER_S", "15"))
 FLPORTAL_TASK_LONG_POLL_MAX_S = 25.0
 FLPORTAL_AGENT_TIMEOUT_S = float(os.environ.get("FLPORTAL_AGENT_TIMEOUT_S", "30"))
+# A job queued this long is started again (its start task was lost).
 FLPORTAL_STUCK_AFTER_S = float(os.environ.get("FLPORTAL_STUCK_AFTER_S", "60"))
+# A round's aggregation lease (jobs/services/lease.py): renewed every quarter of it while
+# a worker aggregates; a killed worker's round is taken over this long after its last renewal.
+FLPORTAL_AGGREGATION_LEASE_S = float(os.environ.get("FLPORTAL_AGGREGATION_LEASE_S", "20"))
 FLPORTAL_REQUIRE_SERVICES = _env_bool("FLPORTAL_REQUIRE_SERVICES")
-# User models: FLPORTAL_MODELS="name=package.module.factory,other=package.module:factory"
-FLPORTAL_MODELS = parse_model_paths(os.environ.get("FLPORTAL_MODELS"))
+# User models: FLPORTAL_MODELS="name=package.module.factory,other=package.module:factory",
+# parsed and registered when the jobs app is ready (jobs/apps.py).
+FLPORTAL_MODELS = os.environ.get("FLPORTAL_MODELS", "")
 
 LOGGING = {
     "version": 1,

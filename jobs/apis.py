@@ -5,9 +5,10 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from flportal.errors import ValidationFailed
+from core.errors import ValidationFailed
+from core.responses import ArtifactResponse
+from fl.catalog import catalog
 from jobs import selectors, serializers
-from jobs.fl.catalog import catalog
 from jobs.services import artifacts
 from jobs.services.jobs import job_cancel, job_create, job_launch
 
@@ -111,7 +112,7 @@ class JobModelDownloadApi(APIView):
     def get(self, request, job_id: int, round_number: int):
         job = selectors.job_get_for_user(request.user, job_id)
         version = selectors.job_model_version(job, round_number)
-        response = artifacts.file_response(version.path)  # streamed in blocks, also under ASGI
+        response = ArtifactResponse(artifacts.open_artifact(version.path))  # streamed in blocks, also under ASGI
         response["Content-Disposition"] = f'attachment; filename="job{job.pk}-round{version.round}.safetensors"'
         response["X-Checksum-Sha256"] = version.sha256
         return response

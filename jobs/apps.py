@@ -1,4 +1,7 @@
 from django.apps import AppConfig
+from django.conf import settings
+
+from fl.params import parse_model_paths  # no torch
 
 
 class JobsConfig(AppConfig):
@@ -6,10 +9,9 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        """User models named in FLPORTAL_MODELS join the model registry (README)."""
-        from django.conf import settings
-
+        """User models named in FLPORTAL_MODELS join the model registry (README); a bad
+        value stops the process here, at start-up."""
         if settings.FLPORTAL_MODELS:
-            from jobs.fl.networks import register_from_settings
+            from fl.networks import register_from_settings  # imports torch: only when there are user models
 
-            register_from_settings(settings.FLPORTAL_MODELS)
+            register_from_settings(parse_model_paths(settings.FLPORTAL_MODELS))

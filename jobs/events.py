@@ -1,7 +1,7 @@
 """The only place that sends job events: to browsers (groups `job-<id>` and
 `user-<owner>-jobs`) and to trainers waiting in a long poll (`fl-job-<id>`), after commit.
 Every event here was stored first (a JobEvent or MetricPoint row)."""
-from flportal.broadcast import broadcast_on_commit
+from core.broadcast import broadcast_on_commit
 from jobs.long_poll import job_group
 
 

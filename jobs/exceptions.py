@@ -1,5 +1,5 @@
-"""Domain errors of the FL server. Each maps to one HTTP status in flportal.errors."""
-from flportal.errors import Conflict, DomainError, Forbidden, ValidationFailed
+"""Domain errors of the FL server. Each maps to one HTTP status in core.errors."""
+from core.errors import Conflict, Forbidden, InvalidNodeRequest, TooLarge
 
 
 class JobStateError(Conflict):
@@ -18,10 +18,9 @@ class NotSelected(Forbidden):
     code = "not_selected"
 
 
-class InvalidUpdateError(ValidationFailed):
-    code = "invalid_update"
+class InvalidUpdateError(InvalidNodeRequest):
+    """An update, evaluation or cross-site result that cannot be accepted."""
 
 
-class UpdateTooLarge(DomainError):
-    code = "too_large"
-    status = 413
+class UpdateTooLarge(TooLarge):
+    pass

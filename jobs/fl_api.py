@@ -11,61 +11,33 @@ import time
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.http import FileResponse, JsonResponse
+from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from flportal.errors import DomainError, NotFound, error_response
+from core.errors import DomainError, NotFound, error_response
+from core.node_api import domain_errors, json_body
+from core.responses import ArtifactResponse
+from fl.serialization import InvalidUpdate, validate_update_file
 from jobs import long_poll
 from jobs.exceptions import InvalidUpdateError, UpdateTooLarge
-from jobs.fl.serialization import InvalidUpdate, validate_update_file
 from jobs.models import ModelVersion
 from jobs.services import artifacts
 from jobs.services.node_tasks import WAIT, node_task
-from jobs.services.updates import (check_evaluation, check_num_examples, clean_cross_site_results, clean_metrics,
-                                   cross_site_model, cross_site_submit, logs_append, submission_round, update_submit)
+from jobs.services.updates import (
+    check_evaluation,
+    check_num_examples,
+    clean_cross_site_results,
+    clean_metrics,
+    cross_site_model,
+    cross_site_submit,
+    logs_append,
+    submission_round,
+    update_submit,
+)
 from nodes.auth import async_node_required, node_required
-from nodes.services import node_heartbeat
 
 CHUNK = 1 << 20
-
-
-def domain_errors(view):
-    @functools.wraps(view)
-    def wrapper(request, *args, **kwargs):
-        try:
-            return view(request, *args, **kwargs)
-        except DomainError as exc:
-            return error_response(exc)
-
-    return wrapper
-
-
-def _json_body(request, limit: int = 1 << 20) -> dict:
-    if int(request.headers.get("Content-Length") or 0) > limit:
-        raise UpdateTooLarge(f"body larger than {limit} bytes")
-    try:
-        body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidUpdateError(f"body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidUpdateError("body must be a JSON object")
-    return body
-
-
-@csrf_exempt
-@require_POST
-@node_required
-@domain_errors
-def heartbeat(request):
-    body = _json_body(request)
-    datasets, resources = body.get("datasets", []), body.get("resources", {})
-    if not isinstance(datasets, list) or not isinstance(resources, dict) or len(json.dumps(body)) > 65536:
-        raise InvalidUpdateError("datasets must be a list and resources an object (64 KiB at most)")
-    node = node_heartbeat(node=request.node, version=str(body.get("version", "")), datasets=datasets,
-                          resources=resources)
-    return JsonResponse({"status": "ok", "node": node.name,
-                         "heartbeat_interval_s": settings.FLPORTAL_HEARTBEAT_INTERVAL_S})
 
 
 def _releasing_connection(function):
@@ -130,7 +102,7 @@ async def _wait_for_task(job_id: int, node, inbox, deadline: float, floor: int) 
     while (remaining := deadline - time.monotonic()) > 0:
         try:
             event = await asyncio.wait_for(inbox.get(), timeout=min(RECHECK_S, remaining))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             event = {}
         if "task" in event:
             if node.pk in event.get("nodes", ()) and event["task"].get("round_id", 0) > floor:
@@ -144,23 +116,23 @@ async def _wait_for_task(job_id: int, node, inbox, deadline: float, floor: int) 
 
 async def _submit_and_wait(request, round_id: int, kind: str, store) -> JsonResponse:
     """The result uploads: check the round before the body is validated, store the result
-    (`store(request, rnd)`: body, validation, the service), answer it. With `?wait=<s>`
+    (`store(request, facts)`: body, validation, the service), answer it. With `?wait=<s>`
     the answer also carries the node's next task as `next`, waited for as the task long
     poll does, which saves the node a request per round. The listener is subscribed
     before a new result commits, and while that round was open no next task could exist,
     so after a new result the next task can only come as a wake-up: no read needed."""
     try:
         wait = _wait_seconds(request)
-        rnd, existing = await _releasing_connection(submission_round)(round_id=round_id, node=request.node, kind=kind)
+        facts, existing = await _releasing_connection(submission_round)(round_id=round_id, node=request.node, kind=kind)
         if not wait:
-            update, created = (existing, False) if existing else await _releasing_connection(store)(request, rnd)
+            update, created = (existing, False) if existing else await _releasing_connection(store)(request, facts)
             return _accepted(update, created=created)
         deadline = time.monotonic() + wait
-        async with long_poll.listener().inbox(rnd.job_id) as inbox:
-            update, created = (existing, False) if existing else await _releasing_connection(store)(request, rnd)
-            answer, floor = (dict(WAIT), rnd.pk) if created else await _read_task(rnd.job_id, request.node)
+        async with long_poll.listener().inbox(facts.job_id) as inbox:
+            update, created = (existing, False) if existing else await _releasing_connection(store)(request, facts)
+            answer, floor = (dict(WAIT), facts.round_id) if created else await _read_task(facts.job_id, request.node)
             if answer["action"] == "wait":
-                answer = await _wait_for_task(rnd.job_id, request.node, inbox, deadline, max(floor, rnd.pk))
+                answer = await _wait_for_task(facts.job_id, request.node, inbox, deadline, max(floor, facts.round_id))
     except DomainError as exc:
         return error_response(exc)
     return _accepted(update, created=created, next_task=answer)
@@ -176,8 +148,8 @@ def model_download(request, job_id: int, version: int):
     return _file_response(row.path, row.sha256, row.bytes)
 
 
-def _file_response(path: str, sha256: str, size: int) -> FileResponse:
-    response = artifacts.file_response(path)  # streamed under ASGI, not read into memory first
+def _file_response(path: str, sha256: str, size: int) -> ArtifactResponse:
+    response = ArtifactResponse(artifacts.open_artifact(path))  # streamed under ASGI, not read into memory first
     response["X-Checksum-Sha256"] = sha256
     response["Content-Length"] = str(size)
     return response
@@ -192,22 +164,22 @@ async def update_upload(request, round_id: int):
     return await _submit_and_wait(request, round_id, "train", _store_update)
 
 
-def _store_update(request, rnd) -> tuple:
+def _store_update(request, facts) -> tuple:
     """Checked first: headers, size; then the body is copied to a file (hashed on the
     way) and its tensors validated against the round's model before anything is
     recorded."""
     num_examples, metrics = _update_headers(request)
     evaluation = _evaluation_headers(request)
-    check_evaluation(rnd, evaluation)
+    check_evaluation(facts, evaluation)
     _check_length(request)
-    tmp, sha256 = _receive_body(request, rnd.job_id)
+    tmp, sha256 = _receive_body(request, facts.job_id)
     try:
         try:
-            validate_update_file(tmp, artifacts.tensor_spec_of(rnd.model_version))
+            validate_update_file(tmp, artifacts.tensor_spec_of(facts.model_path, facts.model_sha256))
         except InvalidUpdate as exc:
             raise InvalidUpdateError(str(exc)) from exc
-        return update_submit(round_id=rnd.pk, node=request.node, upload=tmp, upload_sha256=sha256,
-                             num_examples=num_examples, metrics=metrics, evaluation=evaluation, checked=rnd)
+        return update_submit(round_id=facts.round_id, node=request.node, upload=tmp, upload_sha256=sha256,
+                             num_examples=num_examples, metrics=metrics, evaluation=evaluation, checked=facts)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -281,12 +253,12 @@ async def evaluation(request, round_id: int):
     return await _submit_and_wait(request, round_id, "evaluate", _store_evaluation)
 
 
-def _store_evaluation(request, rnd) -> tuple:
-    body = _json_body(request)
+def _store_evaluation(request, facts) -> tuple:
+    body = json_body(request)
     num_examples = body.get("num_examples")
     check_num_examples(num_examples, "num_examples")
-    return update_submit(round_id=rnd.pk, node=request.node, upload=None, num_examples=num_examples,
-                         metrics=clean_metrics(body.get("metrics")), checked=rnd)
+    return update_submit(round_id=facts.round_id, node=request.node, upload=None, num_examples=num_examples,
+                         metrics=clean_metrics(body.get("metrics")), checked=facts)
 
 
 @require_GET
@@ -303,10 +275,10 @@ def cross_site_model_download(request, round_id: int, source: str):
 @node_required
 @domain_errors
 def cross_site(request, round_id: int):
-    rnd, existing = submission_round(round_id=round_id, node=request.node, kind="cross_site")
+    _, existing = submission_round(round_id=round_id, node=request.node, kind="cross_site")
     if existing is not None:
         return _accepted(existing, created=False)
-    results = clean_cross_site_results(_json_body(request).get("results"))
+    results = clean_cross_site_results(json_body(request).get("results"))
     update, created = cross_site_submit(round_id=round_id, node=request.node, results=results)
     return _accepted(update, created=created)
 
@@ -316,5 +288,5 @@ def cross_site(request, round_id: int):
 @node_required
 @domain_errors
 def logs(request, job_id: int):
-    logs_append(job_id=job_id, node=request.node, lines=_json_body(request).get("lines"))
+    logs_append(job_id=job_id, node=request.node, lines=json_body(request).get("lines"))
     return JsonResponse({"status": "ok"}, status=201)

@@ -133,10 +133,25 @@ class Round(models.Model):
     opened_at = models.DateTimeField(auto_now_add=True)
     aggregating_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    # The aggregation lease (jobs/services/lease.py): which worker aggregates the round
+    # and until when, renewed while it runs; another may take the round over only once
+    # it has expired.
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "number", "kind"], name="uniq_round")]
         ordering = ["number", "id"]  # train, then evaluate, then cross-site within a number
+
+    @staticmethod
+    def phase_of(kind: str) -> str | None:
+        """The phase of the metrics a round's results report: fit (train), eval
+        (evaluate), none (cross-site: its results are CrossSiteResult rows)."""
+        return {Round.Kind.TRAIN: MetricPoint.Phase.FIT, Round.Kind.EVALUATE: MetricPoint.Phase.EVAL}.get(kind)
+
+    @property
+    def metric_phase(self) -> str | None:
+        return self.phase_of(self.kind)
 
 
 class Update(models.Model):

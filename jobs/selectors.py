@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from django.db.models import Count, OuterRef, Prefetch, Subquery
 from django.db.models.functions import Coalesce
 
-from flportal.errors import NotFound
+from core.errors import NotFound
 from jobs.models import Job, JobEvent, JobNode, MetricPoint, ModelVersion, Round, Update
 from nodes.models import Node
 
@@ -22,9 +22,6 @@ def job_get_for_user(user, job_id: int) -> Job:
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
-
-
-PHASE_OF_KIND = {Round.Kind.TRAIN: MetricPoint.Phase.FIT, Round.Kind.EVALUATE: MetricPoint.Phase.EVAL}
 
 
 def job_rounds(job: Job):
@@ -53,12 +50,18 @@ def rounds_with_metrics(job: Job, rounds) -> list[Round]:
     round, the eval aggregate of the model it produced. One query for the whole page."""
     rounds = list(rounds)
     aggregates = _aggregate_metrics_by_round(job, {rnd.number for rnd in rounds}) if rounds else {}
-    for rnd in rounds:
-        rnd.aggregate = aggregates.get((rnd.number, PHASE_OF_KIND.get(rnd.kind)), {})
-        # a train round's model is evaluated on the way into the next round (or in the
-        # last evaluate round): that evaluation, once it is in
-        rnd.evaluation = aggregates.get((rnd.number, MetricPoint.Phase.EVAL), {}) if rnd.kind == Round.Kind.TRAIN else {}
+    _attach_aggregates(rounds, lambda number, phase: aggregates.get((number, phase), {}))
     return rounds
+
+
+def _attach_aggregates(rounds: list[Round], at) -> None:
+    """Set each round's `aggregate` and `evaluation` from `at(number, phase)` ->
+    {name: value}. A train round's model is evaluated on the way into the next round
+    (or in the last evaluate round), under the train round's number: that evaluation,
+    once it is in."""
+    for rnd in rounds:
+        rnd.aggregate = at(rnd.number, rnd.metric_phase)
+        rnd.evaluation = at(rnd.number, MetricPoint.Phase.EVAL) if rnd.kind == Round.Kind.TRAIN else {}
 
 
 def _aggregate_metrics_by_round(job: Job, numbers: set[int]) -> dict:
@@ -142,9 +145,7 @@ def job_page(job: Job, *, last_rounds: int, last_events: int, metric_names: Iter
     series = job_metric_series(job, names=metric_names)
     values = {phase: {name: dict(pairs) for name, pairs in by_name.items()} for phase, by_name in series.items()}
     rounds = _last_round_summaries(job, last_rounds)
-    for rnd in rounds:
-        rnd.aggregate = _at_round(values.get(PHASE_OF_KIND.get(rnd.kind), {}), rnd.number)
-        rnd.evaluation = _at_round(values.get(MetricPoint.Phase.EVAL, {}), rnd.number) if rnd.kind == Round.Kind.TRAIN else {}
+    _attach_aggregates(rounds, lambda number, phase: _at_round(values.get(phase, {}), number))
     return JobPage(nodes=list(job.job_nodes.select_related("node")), rounds=rounds,
                    rounds_total=job.rounds_set.count(), series=series,
                    events=job_events_latest(job, limit=last_events))
@@ -180,4 +181,3 @@ def job_metric_series(job: Job, *, names: Iterable[str]) -> dict[str, dict[str, 
         else:
             pairs.append([number, value])
     return series
-

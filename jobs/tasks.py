@@ -6,8 +6,8 @@ from celery import shared_task
 from django.conf import settings
 
 from jobs.models import JobNode
-from jobs.services import jobs as job_services
-from jobs.services import rounds as round_services
+from jobs.services import flow
+from jobs.services.jobs import job_node_fail, job_node_run_started
 from jobs.services.watchdog import watchdog_sweep
 from nodes.agent_client import AgentError, agent_start_run, agent_stop_run
 
@@ -16,20 +16,21 @@ logger = logging.getLogger(__name__)
 
 @shared_task(acks_late=True, time_limit=300)
 def job_start_task(job_id: int) -> None:
-    job_services.job_start(job_id=job_id)
+    flow.job_start(job_id=job_id)
 
 
 @shared_task(acks_late=True, time_limit=1800)
 def round_deadline_task(round_id: int) -> None:
-    if round_services.round_deadline(round_id=round_id):
-        round_services.round_close(round_id=round_id)
+    if flow.round_deadline(round_id=round_id):
+        flow.round_close(round_id=round_id)
 
 
 @shared_task(acks_late=True, time_limit=1800)
 def round_close_task(round_id: int) -> None:
     """Aggregate a round that moved to aggregating (its last result came in, or its
-    deadline passed, or the watchdog re-drives it)."""
-    round_services.round_close(round_id=round_id)
+    deadline passed, or the watchdog re-drives it). Single-flight: a second delivery
+    returns at once while the first holds the round's lease."""
+    flow.round_close(round_id=round_id)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=4, time_limit=120)
@@ -43,10 +44,10 @@ def agent_start_run_task(self, job_node_id: int) -> None:
         run = agent_start_run(job_node.node, job_id=job_node.job_id, dataset=job_node.dataset)
     except AgentError as exc:
         if self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 10))
-        job_services.job_node_fail(job_node_id=job_node_id, reason=str(exc))
+            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 10)) from exc
+        job_node_fail(job_node_id=job_node_id, reason=str(exc))
         return
-    job_services.job_node_run_started(job_node_id=job_node_id, run_id=run["run_id"])
+    job_node_run_started(job_node_id=job_node_id, run_id=run["run_id"])
 
 
 @shared_task(acks_late=True, time_limit=120)

@@ -3,9 +3,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
 
-from flportal.errors import NotFound
+from core.errors import NotFound
 from jobs import selectors
-from nodes.selectors import node_list as nodes_all
 
 # the job page shows the last rounds and events in full, and the whole history as one
 # compact series per metric (the chart), so its size does not grow with rounds × nodes
@@ -27,7 +26,3 @@ def job_detail(request, job_id: int):
     page = selectors.job_page(job, last_rounds=LAST_ROUNDS, last_events=LAST_EVENTS, metric_names=CHART_METRICS)
     return render(request, "jobs/job_detail.html", {"job": job, "page": page, "chart_metrics": CHART_METRICS})
 
-
-@login_required
-def node_list(request):
-    return render(request, "nodes/node_list.html", {"nodes": nodes_all()})

@@ -3,7 +3,7 @@ import functools
 
 from asgiref.sync import sync_to_async
 
-from flportal.errors import json_error
+from core.errors import json_error
 from nodes.selectors import node_for_token
 
 

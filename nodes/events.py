@@ -1,5 +1,5 @@
 """The only place that sends node events to browsers (group `nodes`), after commit."""
-from flportal.broadcast import broadcast_on_commit
+from core.broadcast import broadcast_on_commit
 
 
 def node_status_changed(node) -> None:

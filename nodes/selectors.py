@@ -1,4 +1,4 @@
-from flportal.tokens import secret_matches, split_token
+from core.tokens import secret_matches, split_token
 from nodes.models import Node
 
 

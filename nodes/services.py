@@ -9,11 +9,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from flportal.errors import ValidationFailed
-from flportal.tokens import issue_token
+from core.errors import ValidationFailed
+from core.tokens import issue_token
 from nodes import events
 from nodes.models import Node
-
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = {"global", "aggregate"}  # the global model's row in cross-site results; the aggregate metrics

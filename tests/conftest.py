@@ -78,7 +78,7 @@ def other_user(django_user_model):
 
 @pytest.fixture
 def api_token(user):
-    from flportal.auth import api_token_create
+    from core.auth import api_token_create
 
     return api_token_create(user=user)
 
@@ -96,7 +96,7 @@ def api_client(api_token):
 def other_api_client(other_user):
     from rest_framework.test import APIClient
 
-    from flportal.auth import api_token_create
+    from core.auth import api_token_create
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(user=other_user)}")
@@ -159,7 +159,8 @@ def job(make_job):
 def start_job(job):
     """draft → queued (job_launch) → running with round 1 open (job_start, run here
     synchronously instead of by the worker)."""
-    from jobs.services.jobs import job_launch, job_start
+    from jobs.services.flow import job_start
+    from jobs.services.jobs import job_launch
 
     job_launch(job=job, actor=job.owner)
     job_start(job_id=job.pk)

@@ -13,9 +13,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flwr.client import NumPyClient, start_client  # noqa: E402
-
-from flbench import task  # noqa: E402
+from flbench import task
+from flwr.client import NumPyClient, start_client
 
 
 class SiteClient(NumPyClient):

@@ -19,11 +19,10 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flwr.common import ndarrays_to_parameters  # noqa: E402
-from flwr.server import ServerConfig, start_server  # noqa: E402
-from flwr.server.strategy import FedAvg  # noqa: E402
-
-from flbench import task  # noqa: E402
+from flbench import task
+from flwr.common import ndarrays_to_parameters
+from flwr.server import ServerConfig, start_server
+from flwr.server.strategy import FedAvg
 
 
 class TimedFedAvg(FedAvg):

@@ -1,6 +1,5 @@
 """Where model versions and updates are stored: files under ARTIFACT_ROOT, written to a
 temporary name and renamed, so a reader never sees half a file."""
-import asyncio
 import base64
 import functools
 import os
@@ -9,9 +8,8 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
-from django.http import FileResponse
 
-from jobs.fl.serialization import file_sha256, file_tensor_spec, save_state_dict
+from fl.serialization import file_sha256, file_tensor_spec, save_state_dict
 
 
 def absolute(relative: str) -> Path:
@@ -30,32 +28,9 @@ def upload_tempfile(job_id: int):
     return tempfile.NamedTemporaryFile(dir=job_dir(job_id), prefix=".upload-", delete=False)
 
 
-class ArtifactResponse(FileResponse):
-    """A FileResponse that an ASGI server streams a block at a time.
-
-    Django's ASGI handler iterates a response asynchronously; given FileResponse's
-    synchronous iterator it first reads the whole file into a list ("StreamingHttpResponse
-    must consume synchronous iterators"), which holds a 100 MB model in memory per
-    download. Here the file is read ``ASYNC_BLOCK`` bytes at a time in the event loop's
-    default executor instead (``run_in_executor``; asgiref's ``sync_to_async`` took about
-    twice as much CPU per block, bench/transfer.py). Synchronous consumers (WSGI, the test
-    client) get FileResponse's iterator unchanged."""
-
-    ASYNC_BLOCK = 1 << 20
-
-    async def __aiter__(self):
-        if self.file_to_stream is None:
-            async for part in super().__aiter__():
-                yield part
-            return
-        loop, read = asyncio.get_running_loop(), self.file_to_stream.read
-        while chunk := await loop.run_in_executor(None, read, self.ASYNC_BLOCK):
-            yield chunk
-
-
-def file_response(relative: str, *, content_type: str = "application/octet-stream") -> ArtifactResponse:
-    """A streamed response with the artifact's bytes (Content-Length set from the file)."""
-    return ArtifactResponse(open(absolute(relative), "rb"), content_type=content_type)
+def open_artifact(relative: str):
+    """The artifact's file, open for reading (the API streams it)."""
+    return open(absolute(relative), "rb")
 
 
 def write_model(job_id: int, round_number: int, state: dict) -> tuple[str, str, int]:
@@ -97,10 +72,10 @@ def discard(relative: str) -> None:
         absolute(relative).unlink(missing_ok=True)
 
 
-def tensor_spec_of(version) -> dict:
-    """{name: (shape, dtype)} of a stored model version, read from its file's header
-    only, and cached (versions never change)."""
-    return _tensor_spec(str(absolute(version.path)), version.sha256)
+def tensor_spec_of(relative: str, sha256: str) -> dict:
+    """{name: (shape, dtype)} of a stored model version (its path and digest), read from
+    its file's header only, and cached (versions never change)."""
+    return _tensor_spec(str(absolute(relative)), sha256)
 
 
 @functools.lru_cache(maxsize=64)

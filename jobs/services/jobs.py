@@ -1,12 +1,17 @@
-"""Job lifecycle: create, launch, start, finish, fail, cancel."""
+"""The job lifecycle: create, launch, begin, succeed, fail, cancel, and each node's
+part in a job. It knows nothing of the round lifecycle (what starts the first round
+and what a closed round leads to is jobs/services/flow.py's); ending a job only fails
+the rounds it had in flight."""
 import logging
 
 from django.db import transaction
 
-from flportal.errors import ValidationFailed
-from jobs import events
-from jobs.models import Job, JobEvent, JobNode, Round
-from jobs.services import artifacts
+from core.errors import ValidationFailed
+from fl.networks import build_model
+from jobs.models import Job, JobNode, ModelVersion, Round
+from jobs.services import artifacts, dispatch
+from jobs.services.job_events import job_event_record
+from jobs.services.metrics import round_keep_evaluation
 from jobs.services.transitions import job_transition, round_transition
 from jobs.services.validation import clean_job_spec
 from nodes.models import Node
@@ -26,7 +31,8 @@ def job_create(*, owner, name: str, node_names: list[str], spec: dict, descripti
     job = Job.objects.create(owner=owner, name=name.strip()[:200], description=description,
                              cloned_from=cloned_from, **cleaned)
     JobNode.objects.bulk_create([JobNode(job=job, node=n, dataset=job.dataset) for n in nodes])
-    _event(job, "created", f"created by {owner} on {', '.join(n.name for n in nodes)}", actor=owner)
+    job_event_record(job=job, kind="created", actor=owner,
+                     message=f"created by {owner} on {', '.join(n.name for n in nodes)}")
     return job
 
 
@@ -47,43 +53,38 @@ def _nodes_for(names: list[str]) -> list[Node]:
 
 def job_launch(*, job: Job, actor=None) -> Job:
     """draft → queued, and queue the FL server's `job_start` once this commits."""
-    from jobs.tasks import job_start_task
-
     with transaction.atomic():
         job = Job.objects.select_for_update(no_key=True).get(pk=job.pk)
         job_transition(job, Job.Status.QUEUED, actor=actor)
-        job_start_task.delay_on_commit(job.pk)
+        dispatch.queue_job_start(job.pk)
     return job
 
 
-def job_start(*, job_id: int) -> Job | None:
-    """queued → running: check enough nodes are online, store the round-0 model, open
-    round 1 and ask every node's agent to start a trainer. Idempotent: a job that is not
-    queued any more is left alone. A job that cannot start is failed with the reason."""
-    from jobs.fl.networks import build_model
-    from jobs.services.rounds import RoundCannotOpen, round_open
-    from jobs.tasks import agent_start_run_task
+def job_begin(*, job_id: int) -> tuple[Job, ModelVersion | None] | None:
+    """In the caller's transaction: a queued job (locked) → running, with its round-0
+    model stored; returns it and that model version. None when the job is not queued
+    any more (idempotent). A job that cannot start (too few of its nodes online, an
+    initial model that cannot be stored) is failed with the reason: (job, None)."""
+    job = Job.objects.select_for_update(no_key=True).filter(pk=job_id, status=Job.Status.QUEUED).first()
+    if job is None:
+        return None
+    online = job.job_nodes.filter(node__status=Node.Status.ONLINE, node__enabled=True).count()
+    if online < job.min_clients:
+        return job_fail(job=job, reason=f"only {online} of the job's nodes are online; "
+                                        f"min_clients is {job.min_clients}"), None
+    try:
+        version = _model_version_create(job, 0, build_model(job.model, job.model_params, seed=job.seed).state_dict())
+    except Exception as exc:  # a job that cannot start must not stay queued
+        logger.exception("initial model of job %s", job.pk)
+        return job_fail(job=job, reason=f"the initial model could not be stored: {exc}"), None
+    job_transition(job, Job.Status.RUNNING)
+    return job, version
 
-    with transaction.atomic():
-        job = Job.objects.select_for_update(no_key=True).filter(pk=job_id, status=Job.Status.QUEUED).first()
-        if job is None:
-            return None
-        online = job.job_nodes.filter(node__status=Node.Status.ONLINE, node__enabled=True).count()
-        if online < job.min_clients:
-            return job_fail(job=job, reason=f"only {online} of the job's nodes are online; min_clients is {job.min_clients}")
-        try:
-            version = _model_version_create(job, 0, build_model(job.model, job.model_params, seed=job.seed).state_dict())
-        except Exception as exc:  # a job that cannot start must not stay queued
-            logger.exception("initial model of job %s", job.pk)
-            return job_fail(job=job, reason=f"the initial model could not be stored: {exc}")
-        job_transition(job, Job.Status.RUNNING)
-        try:
-            round_open(job=job, number=1, kind=Round.Kind.TRAIN, model_version=version)
-        except RoundCannotOpen as exc:
-            return job_fail(job=job, reason=str(exc))
-        for job_node_id in job.job_nodes.values_list("pk", flat=True):
-            agent_start_run_task.delay_on_commit(job_node_id)
-    return job
+
+def job_agents_start(*, job: Job) -> None:
+    """Ask every node's agent to start the job's trainer, once this commits."""
+    for job_node_id in job.job_nodes.values_list("pk", flat=True):
+        dispatch.queue_agent_start_run(job_node_id)
 
 
 def _model_version_create(job: Job, round_number: int, state: dict):
@@ -116,42 +117,37 @@ def job_cancel(*, job: Job, actor=None, reason: str = "") -> Job:
 
 
 def _job_end(job: Job, status: str, reason: str, actor) -> Job:
-    from jobs.services.rounds import round_keep_evaluation
-    from jobs.tasks import agent_stop_run_task
-
     job_transition(job, status, reason=reason, actor=actor)
-    for rnd in job.rounds_set.select_for_update(no_key=True).filter(status__in=[Round.Status.OPEN, Round.Status.AGGREGATING]):
+    in_flight = job.rounds_set.select_for_update(no_key=True).filter(
+        status__in=[Round.Status.OPEN, Round.Status.AGGREGATING])
+    for rnd in in_flight:
         round_keep_evaluation(rnd)
         round_transition(rnd, Round.Status.FAILED, reason=f"job {status}")
     for job_node in job.job_nodes.exclude(agent_run_id=""):
-        agent_stop_run_task.delay_on_commit(job_node.pk)
+        dispatch.queue_agent_stop_run(job_node.pk)
     return job
-
-
-def _event(job: Job, kind: str, message: str, *, actor=None, node=None, data=None) -> JobEvent:
-    event = JobEvent.objects.create(job=job, kind=kind, message=message, actor=actor, node=node, data=data or {})
-    events.job_event(event)
-    return event
-
-
-def job_event_record(*, job: Job, kind: str, message: str, actor=None, node=None, data=None) -> JobEvent:
-    """Store and broadcast a JobEvent that is not a transition (logs, node actions)."""
-    return _event(job, kind, message, actor=actor, node=node, data=data)
 
 
 def job_node_run_started(*, job_node_id: int, run_id: str) -> None:
     with transaction.atomic():
-        jn = JobNode.objects.select_for_update(no_key=True, of=("self",)).select_related("job", "node").get(pk=job_node_id)
+        jn = _job_node_locked(job_node_id)
         jn.agent_run_id, jn.status = run_id, JobNode.Status.RUNNING
         jn.save(update_fields=["agent_run_id", "status"])
-        _event(jn.job, "run_started", f"trainer started on {jn.node.name} (run {run_id})", node=jn.node)
+        job_event_record(job=jn.job, kind="run_started", message=f"trainer started on {jn.node.name} (run {run_id})",
+                         node=jn.node)
 
 
 def job_node_fail(*, job_node_id: int, reason: str) -> None:
     """A node could not take part (its agent refused or was unreachable). Its rounds
     then follow the round policy at their deadlines."""
     with transaction.atomic():
-        jn = JobNode.objects.select_for_update(no_key=True, of=("self",)).select_related("job", "node").get(pk=job_node_id)
+        jn = _job_node_locked(job_node_id)
         jn.status, jn.status_reason = JobNode.Status.FAILED, reason[:2000]
         jn.save(update_fields=["status", "status_reason"])
-        _event(jn.job, "node_failed", f"{jn.node.name}: {reason}", node=jn.node)
+        job_event_record(job=jn.job, kind="node_failed", message=f"{jn.node.name}: {reason}", node=jn.node)
+
+
+def _job_node_locked(job_node_id: int) -> JobNode:
+    """The JobNode, its row locked (not its job's or node's), with its job and node."""
+    return (JobNode.objects.select_for_update(no_key=True, of=("self",)).select_related("job", "node")
+            .get(pk=job_node_id))

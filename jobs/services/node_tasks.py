@@ -7,7 +7,7 @@ poll that was not waiting then."""
 from django.conf import settings
 from django.db.models import Max
 
-from flportal.errors import NotFound
+from core.errors import NotFound
 from jobs.models import Job, Round, Update
 from jobs.services import artifacts
 from nodes.models import Node
@@ -79,8 +79,13 @@ def round_task(job: Job, rnd: Round) -> dict:
 def cross_site_sources(rnd: Round) -> list[tuple[str, object]]:
     """The models a cross-site round evaluates: ("global", its model version) and, for
     every node of the job, (node name, its last accepted train update)."""
+    return [("global", rnd.model_version)] + sorted(local_models(rnd.job_id).items())
+
+
+def local_models(job_id: int) -> dict[str, Update]:
+    """{node name: its last accepted train update} of every node of the job that sent one."""
     latest = {}
-    for update in (Update.objects.filter(round__job_id=rnd.job_id, round__kind=Round.Kind.TRAIN)
+    for update in (Update.objects.filter(round__job_id=job_id, round__kind=Round.Kind.TRAIN)
                    .select_related("node", "round").order_by("round__number")):
         latest[update.node.name] = update
-    return [("global", rnd.model_version)] + sorted(latest.items())
+    return latest

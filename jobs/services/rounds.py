@@ -1,20 +1,23 @@
-"""The round protocol: open, collect, close (aggregate) or fail, and what a node
-should do next. See docs/PROTOCOL.md and docs/STATES.md."""
+"""The round lifecycle: open, collect, aggregate, close, and the sweeps' reads. It
+knows nothing of the job's lifecycle: what follows a round (the next round, the job's
+end, or its failure) is jobs/services/flow.py's. See docs/PROTOCOL.md and
+docs/STATES.md."""
 import logging
 import random
 from datetime import timedelta
 
-from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from flportal.sql import rows_count, rows_insert
+from core.sql import rows_insert
+from fl.serialization import load_state_dict, load_state_dict_header
+from fl.strategies import get_strategy
 from jobs import events
-from jobs.fl.serialization import load_state_dict, load_state_dict_header
-from jobs.fl.strategies import get_strategy
-from jobs.models import Job, JobNode, MetricPoint, ModelVersion, Round, Update
-from jobs.services import artifacts
-from jobs.services.jobs import job_event_record, job_fail, job_succeed
-from jobs.services.metrics import metric_points_record
+from jobs.models import Job, JobNode, ModelVersion, Round
+from jobs.services import artifacts, dispatch
+from jobs.services.job_events import job_event_record
+from jobs.services.lease import AggregationLease
+from jobs.services.metrics import round_metrics_aggregate
 from jobs.services.node_tasks import round_task
 from jobs.services.transitions import round_transition
 from nodes.models import Node
@@ -33,8 +36,6 @@ def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion,
     nodes evaluate the model they receive before training. Hands the round's task to
     the waiting trainers and schedules the deadline check, on commit.
     Raises RoundCannotOpen when fewer than `clients_required` nodes are available."""
-    from jobs.tasks import round_deadline_task
-
     selected = _select_nodes(job, number)
     required = job.clients_required
     if len(selected) < required:
@@ -51,7 +52,7 @@ def round_open(*, job: Job, number: int, kind: str, model_version: ModelVersion,
     job_event_record(job=job, kind="round_open", message=f"round {number} ({kind}) open on "
                      f"{', '.join(sorted(n.name for n in selected))}", data={"round": number, "kind": kind})
     events.round_task_ready(job.pk, round_task(job, rnd), [n.pk for n in selected])
-    round_deadline_task.apply_async_on_commit((rnd.pk,), countdown=job.round_timeout_s)
+    dispatch.queue_round_deadline(rnd.pk, countdown=job.round_timeout_s)
     return rnd
 
 
@@ -63,42 +64,47 @@ def _select_nodes(job: Job, number: int) -> list[Node]:
     return available
 
 
+def round_lock(round_id: int) -> Round:
+    """The round, its row locked (FOR NO KEY UPDATE, as every lock of a round or job row
+    takes: it excludes the other locks but not the key-share locks of foreign-key checks,
+    so a result's commit never waits for, nor deadlocks with, a lock on its round)."""
+    return Round.objects.select_for_update(no_key=True).get(pk=round_id)
+
+
 def round_close_when_complete(rnd: Round) -> bool:
     """Called under the round's lock after a result was accepted: once `target_updates`
     results are in, open → aggregating, and the round's close is queued on commit (in
     the same transaction as the last result, so no extra task runs per update).
-    True if it moved."""
-    from jobs.tasks import round_close_task
-
-    if rnd.status != Round.Status.OPEN or rows_count(Update, "round_id", rnd.pk) < rnd.target_updates:
+    True if it moved. (The count is a statement of its own, after the lock: in READ
+    COMMITTED a statement that waited for a lock still reads from its snapshot of
+    before the wait.)"""
+    if rnd.status != Round.Status.OPEN or rnd.updates.count() < rnd.target_updates:
         return False
     _start_aggregating(rnd)
-    round_close_task.delay_on_commit(rnd.pk)
+    dispatch.queue_round_close(rnd.pk)
     return True
 
 
-def round_deadline(*, round_id: int) -> bool:
-    """At the deadline an open round closes if it has `clients_required` updates;
-    otherwise it fails, and the job with it, naming the nodes that did not report.
-    True if the round moved to aggregating (the caller then runs round_close)."""
-    with transaction.atomic():
-        rnd = Round.objects.select_for_update(no_key=True).select_related("job").filter(pk=round_id, status=Round.Status.OPEN).first()
-        if rnd is None or rnd.deadline > timezone.now():
-            return False
-        received = rnd.updates.count()
-        required = min(rnd.job.clients_required, rnd.selected.count())
-        if received >= max(1, required):
-            _start_aggregating(rnd)
-            return True
-        missing = ", ".join(sorted(n.name for n in _missing_nodes(rnd)))
-        reason = (f"round {rnd.number} ({rnd.kind}) failed: {received} of {required} required updates "
-                  f"by the deadline ({rnd.job.round_timeout_s:g} s); missing: {missing}")
-        round_keep_evaluation(rnd)
-        round_transition(rnd, Round.Status.FAILED, reason=reason)
-        job = Job.objects.select_for_update(no_key=True).get(pk=rnd.job_id)
-        if not job.is_terminal:
-            job_fail(job=job, reason=reason)
-    return False
+def round_lock_past_deadline(round_id: int) -> Round | None:
+    """The open round past its deadline, locked with its job (round first, then job: the
+    order every writer locks them in), or None."""
+    rnd = (Round.objects.select_for_update(no_key=True).select_related("job")
+           .filter(pk=round_id, status=Round.Status.OPEN).first())
+    return rnd if rnd is not None and rnd.deadline <= timezone.now() else None
+
+
+def round_at_deadline(rnd: Round) -> str | None:
+    """At the deadline a (locked) open round with `clients_required` updates moves to
+    aggregating (None: the caller then closes it); otherwise the reason it fails,
+    naming the nodes that did not report (the caller fails it, and the job)."""
+    received = rnd.updates.count()
+    required = min(rnd.job.clients_required, rnd.selected.count())
+    if received >= max(1, required):
+        _start_aggregating(rnd)
+        return None
+    missing = ", ".join(sorted(n.name for n in _missing_nodes(rnd)))
+    return (f"round {rnd.number} ({rnd.kind}) failed: {received} of {required} required updates "
+            f"by the deadline ({rnd.job.round_timeout_s:g} s); missing: {missing}")
 
 
 def _missing_nodes(rnd: Round) -> list[Node]:
@@ -113,47 +119,37 @@ def _start_aggregating(rnd: Round) -> None:
     round_transition(rnd, Round.Status.AGGREGATING, reason=reason)
 
 
-def round_close(*, round_id: int) -> Round | None:
-    """Aggregate an aggregating round with the job's strategy (one update in memory at a
-    time for streaming strategies), store the new model version and the aggregated
-    metrics, close the round and open the next one or finish the job. Idempotent: a
-    round that is not aggregating any more is left alone."""
-    rnd = Round.objects.select_related("job", "model_version").filter(pk=round_id, status=Round.Status.AGGREGATING).first()
-    if rnd is None:
-        return None
-    try:
-        written = _aggregate_and_write(rnd) if rnd.kind == Round.Kind.TRAIN else None
-    except Exception as exc:  # a round that cannot be aggregated must not leave the job running
-        logger.exception("aggregating round %s of job %s", rnd.number, rnd.job_id)
-        _aggregation_failed(round_id, f"aggregation of round {rnd.number} failed: {exc}")
-        return None
-    with transaction.atomic():
-        rnd = next(iter(Round.objects.select_for_update(no_key=True).select_related("job")  # locks the job's row too
-                        .filter(pk=round_id, status=Round.Status.AGGREGATING).order_by()[:1]), None)
-        if rnd is None:
-            return None
-        job = rnd.job
-        if written is not None:  # created with the close, in one transaction: never there before
-            rnd.result_version = ModelVersion.objects.create(job=job, round=rnd.number, **written)
-            rnd.save(update_fields=["result_version"])
-        if rnd.kind != Round.Kind.CROSS_SITE:
-            _aggregate_round_metrics(rnd)
-        round_transition(rnd, Round.Status.CLOSED)
-        if job.status == Job.Status.RUNNING:
-            _advance(job, rnd)
-    return rnd
+def round_aggregate(*, round_id: int) -> dict | None:
+    """Run the strategy of an aggregating train round over its updates (one update in
+    memory at a time for streaming strategies) and write the new model version; returns
+    its ModelVersion fields for `round_finish`, or None for a round with no weights to
+    aggregate (evaluate, cross-site). Run while holding the round's lease, outside any
+    transaction: it may take long. Raises whatever the aggregation raises."""
+    rnd = Round.objects.select_related("job", "model_version").get(pk=round_id)
+    return _aggregate_and_write(rnd) if rnd.kind == Round.Kind.TRAIN else None
 
 
-def _aggregation_failed(round_id: int, reason: str) -> None:
-    with transaction.atomic():
-        rnd = Round.objects.select_for_update(no_key=True).filter(pk=round_id, status=Round.Status.AGGREGATING).first()
-        if rnd is None:
-            return
-        round_keep_evaluation(rnd)
-        round_transition(rnd, Round.Status.FAILED, reason=reason)
-        job = Job.objects.select_for_update(no_key=True).get(pk=rnd.job_id)
-        if not job.is_terminal:
-            job_fail(job=job, reason=reason)
+def round_finish(*, round_id: int, written: dict | None, lease: AggregationLease) -> Round | None:
+    """In the caller's transaction: lock the aggregating round (and its job), store the
+    new model version (`written`) and the aggregated metrics, and close it. None when
+    the round is not aggregating any more or its lease is no longer `lease` (another
+    worker took it over: that one closes it)."""
+    rnd = next(iter(Round.objects.select_for_update(no_key=True).select_related("job")  # locks the job's row too
+                    .filter(pk=round_id, status=Round.Status.AGGREGATING).order_by()[:1]), None)
+    if rnd is None or not lease.held_by_me(rnd):
+        return None
+    if written is not None:  # created with the close, in one transaction: never there before
+        rnd.result_version = ModelVersion.objects.create(job=rnd.job, round=rnd.number, **written)
+        rnd.save(update_fields=["result_version"])
+    if rnd.kind != Round.Kind.CROSS_SITE:
+        round_metrics_aggregate(rnd)
+    return round_transition(rnd, Round.Status.CLOSED)
+
+
+def round_lock_aggregating(round_id: int, lease: AggregationLease) -> Round | None:
+    """The aggregating round whose lease is `lease`, locked, or None."""
+    rnd = Round.objects.select_for_update(no_key=True).filter(pk=round_id, status=Round.Status.AGGREGATING).first()
+    return rnd if rnd is not None and lease.held_by_me(rnd) else None
 
 
 def _aggregate_and_write(rnd: Round) -> dict:
@@ -172,80 +168,19 @@ def _aggregate_and_write(rnd: Round) -> dict:
     return {"path": path, "sha256": sha256, "bytes": size, "server_state_path": state_path}
 
 
-def _aggregate_round_metrics(rnd: Round) -> None:
-    """The aggregate of what the round's accepted results reported: fit (train) or eval
-    (evaluate) metrics of this round and, for a round that evaluated first, the eval
-    metrics of the round before."""
-    node_ids = list(rnd.updates.values_list("node_id", flat=True))
-    phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
-    _aggregate_metrics(rnd.job_id, rnd.number, phase, node_ids)
-    if rnd.kind == Round.Kind.TRAIN and rnd.evaluate_first:
-        _aggregate_metrics(rnd.job_id, rnd.number - 1, MetricPoint.Phase.EVAL, node_ids)
-
-
-def round_keep_evaluation(rnd: Round) -> None:
-    """For a train round that evaluated first and fails: the evaluation of the model it
-    started from, over the results it got, is still aggregated (that model is the job's
-    last good one)."""
-    if rnd.kind == Round.Kind.TRAIN and rnd.evaluate_first:
-        node_ids = list(rnd.updates.values_list("node_id", flat=True))
-        _aggregate_metrics(rnd.job_id, rnd.number - 1, MetricPoint.Phase.EVAL, node_ids)
-
-
-def _aggregate_metrics(job_id: int, number: int, phase: str, node_ids: list[int]) -> None:
-    """Mean of each node metric of (round, phase) over `node_ids`, weighted by each
-    node's `num_examples` there (durations `*_s`: the maximum); stored with node None."""
-    by_node: dict[int, dict[str, float]] = {}
-    for node_id, name, value in (MetricPoint.objects.filter(job_id=job_id, round=number, phase=phase,
-                                                            node_id__in=node_ids)
-                                 .order_by().values_list("node_id", "name", "value")):
-        by_node.setdefault(node_id, {})[name] = value
-    if not by_node:
-        return
-    by_name: dict[str, list[tuple[float, float]]] = {}
-    for values in by_node.values():
-        for name, value in values.items():
-            by_name.setdefault(name, []).append((value, values.get("num_examples", 0.0)))
-    aggregate = {name: _combine(name, pairs) for name, pairs in by_name.items()}
-    aggregate["num_examples"] = sum(values.get("num_examples", 0.0) for values in by_node.values())
-    aggregate["num_nodes"] = float(len(by_node))
-    metric_points_record(job_id=job_id, results=[(number, phase, aggregate)])
-
-
-def _combine(name: str, pairs: list[tuple[float, float]]) -> float:
-    if name.endswith("_s"):
-        return max(v for v, _ in pairs)
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else sum(v for v, _ in pairs) / len(pairs)
-
-
-def _advance(job: Job, rnd: Round) -> None:
-    """After a closed round: train the next round (its nodes evaluate the new model
-    first when the evaluation policy asks for it), evaluate the last model in a round
-    of its own, run the cross-site validation (opt-in), or finish."""
-    n, version = rnd.number, rnd.result_version or rnd.model_version
-    try:
-        if rnd.kind == Round.Kind.TRAIN and n < job.rounds:
-            round_open(job=job, number=n + 1, kind=Round.Kind.TRAIN, model_version=version,
-                       evaluate_first=n % job.evaluate_every == 0)
-        elif rnd.kind == Round.Kind.TRAIN:
-            round_open(job=job, number=n, kind=Round.Kind.EVALUATE, model_version=version)
-        elif rnd.kind == Round.Kind.EVALUATE and job.cross_site_validation:
-            round_open(job=job, number=n, kind=Round.Kind.CROSS_SITE, model_version=version)
-        else:
-            job_succeed(job=job, final_model=version)
-    except RoundCannotOpen as exc:
-        job_fail(job=job, reason=str(exc))
-
-
 def rounds_overdue(*, grace_s: float = 2.0) -> list[int]:
     """Ids of open rounds past their deadline (the watchdog re-drives them)."""
     cutoff = timezone.now() - timedelta(seconds=grace_s)
     return list(Round.objects.filter(status=Round.Status.OPEN, deadline__lt=cutoff).values_list("pk", flat=True))
 
 
-def rounds_stuck_aggregating(*, older_than_s: float) -> list[int]:
-    cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    return list(Round.objects.filter(status=Round.Status.AGGREGATING, aggregating_at__lt=cutoff)
+def rounds_stuck_aggregating(*, grace_s: float) -> list[int]:
+    """Ids of aggregating rounds nobody is aggregating: their lease expired (the worker
+    died), or no worker took it within `grace_s` of the move (its close task was lost).
+    A round whose worker renews its lease is never among them, however long it runs."""
+    now = timezone.now()
+    return list(Round.objects.filter(status=Round.Status.AGGREGATING)
+                .filter(Q(lease_expires_at__lt=now)
+                        | Q(lease_expires_at__isnull=True, aggregating_at__lt=now - timedelta(seconds=grace_s)))
                 .values_list("pk", flat=True))
 

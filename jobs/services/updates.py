@@ -1,83 +1,106 @@
 """What nodes send: updates (weights, with the evaluation of the model they started
 from), evaluations (metrics), cross-site results, log lines."""
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
-from flportal.errors import NotFound
-from flportal.sql import locked_value
+from core.errors import NotFound
 from jobs.exceptions import InvalidUpdateError, NotSelected, StaleRound
 from jobs.models import CrossSiteResult, Job, JobNode, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
-from jobs.services.jobs import job_event_record
+from jobs.services.job_events import job_event_record
 from jobs.services.metrics import metric_points_record
-from jobs.services.node_tasks import cross_site_sources
-from jobs.services.rounds import round_close_when_complete
+from jobs.services.node_tasks import local_models
+from jobs.services.rounds import round_close_when_complete, round_lock
 from nodes.models import Node
 
 MAX_METRICS = 64
 MAX_LOG_LINES = 200
 
 
-def submission_round(*, round_id: int, node: Node, kind: str) -> tuple[Round, Update | None]:
+@dataclass(frozen=True)
+class Submission:
+    """What the checks of a node's result need to know of the round it submits to, read
+    in one statement before the body is received (`submission_round`), and handed on
+    to the service that stores the result, which does not read it again."""
+
+    round_id: int
+    job_id: int
+    number: int
+    kind: str
+    status: str
+    evaluate_first: bool
+    model_path: str  # the model version the round started from: its file and digest
+    model_sha256: str
+    existing_update_id: int | None  # the node's result for this round, if it sent one
+    node_selected: bool
+
+    @property
+    def metric_phase(self) -> str | None:
+        return Round.phase_of(self.kind)
+
+
+def submission_round(*, round_id: int, node: Node, kind: str) -> tuple[Submission, Update | None]:
     """The round a node submits to, checked before the body is validated and stored (one query):
-    returns the round and the node's existing update (a duplicate is answered as
+    returns its Submission facts and the node's existing update (a duplicate is answered as
     before). Raises NotFound (not the node's job), NotSelected (403) or StaleRound (409)."""
-    rnd = _submission_facts(round_id, node)
-    _check_kind(rnd, kind)
-    if rnd.existing_update_id:
-        return rnd, Update.objects.get(pk=rnd.existing_update_id)
-    _check_open_and_selected(rnd, node)
-    return rnd, None
+    facts = _submission_facts(round_id, node)
+    _check_kind(facts, kind)
+    if facts.existing_update_id:
+        return facts, Update.objects.get(pk=facts.existing_update_id)
+    _check_open_and_selected(facts, node)
+    return facts, None
 
 
 #: The round a node submits to, with what the checks need (its model version's file, the
 #: node's update if any, whether it is selected), in one statement written out: built by
 #: the ORM (annotations, select_related) it was about a fifth of an upload's CPU
-#: (cProfile of the upload view on PostgreSQL).
+#: (cProfile of the upload view on PostgreSQL, docs/PERFORMANCE.md).
 _SUBMISSION_SQL = f"""
-SELECT r.id, r.job_id, r.number, r.kind, r.status, r.status_reason, r.evaluate_first, r.target_updates,
-       r.model_version_id, r.aggregating_at, r.closed_at,
-       mv.round AS mv_round, mv.path AS mv_path, mv.sha256 AS mv_sha256,
-       (SELECT u.id FROM {Update._meta.db_table} u WHERE u.round_id = r.id AND u.node_id = %s) AS existing_update_id,
+SELECT r.id, r.job_id, r.number, r.kind, r.status, r.evaluate_first, mv.path, mv.sha256,
+       (SELECT u.id FROM {Update._meta.db_table} u WHERE u.round_id = r.id AND u.node_id = %s),
        EXISTS (SELECT 1 FROM {Round.selected.through._meta.db_table} s
-               WHERE s.round_id = r.id AND s.node_id = %s) AS node_selected
+               WHERE s.round_id = r.id AND s.node_id = %s)
 FROM {Round._meta.db_table} r JOIN {ModelVersion._meta.db_table} mv ON mv.id = r.model_version_id
 WHERE r.id = %s AND EXISTS (SELECT 1 FROM {JobNode._meta.db_table} jn WHERE jn.job_id = r.job_id AND jn.node_id = %s)
 """
 
-def _submission_facts(round_id: int, node: Node) -> Round:
-    """The round (of one of the node's jobs) with `existing_update_id`, `node_selected`,
-    its job (the id only) and its model version (round, path, sha256) attached. Raises
-    NotFound."""
-    rnd = next(iter(Round.objects.raw(_SUBMISSION_SQL, [node.pk, node.pk, round_id, node.pk])), None)
-    if rnd is None:
+
+def _submission_facts(round_id: int, node: Node) -> Submission:
+    """The Submission facts of a round of one of the node's jobs; raises NotFound."""
+    with connection.cursor() as cursor:
+        cursor.execute(_SUBMISSION_SQL, [node.pk, node.pk, round_id, node.pk])
+        row = cursor.fetchone()
+    if row is None:
         raise NotFound(f"no round {round_id} in any job of node {node.name}")
-    db = rnd._state.db
-    rnd.job = Job.from_db(db, ["id"], [rnd.job_id])  # the others load if read: deferred, not wrong
-    rnd.model_version = ModelVersion.from_db(db, ["id", "job_id", "round", "path", "sha256"],
-                                             [rnd.model_version_id, rnd.job_id, rnd.mv_round, rnd.mv_path, rnd.mv_sha256])
-    return rnd
+    *head, evaluate_first, path, sha256, existing, selected = row
+    return Submission(*head, evaluate_first=bool(evaluate_first), model_path=path, model_sha256=sha256,
+                      existing_update_id=existing, node_selected=bool(selected))
 
 
-def _check_kind(rnd: Round, kind: str) -> None:
-    if rnd.kind != kind:
-        raise InvalidUpdateError(f"round {rnd.number} is a {rnd.kind} round; this endpoint takes {kind} results")
+def _check_kind(facts: Submission, kind: str) -> None:
+    if facts.kind != kind:
+        raise InvalidUpdateError(f"round {facts.number} is a {facts.kind} round; this endpoint takes {kind} results")
 
 
-def _check_open_and_selected(rnd: Round, node: Node) -> None:
-    if not rnd.node_selected:
-        raise NotSelected(f"node {node.name} is not selected for round {rnd.number} of job {rnd.job_id}")
-    if rnd.status != Round.Status.OPEN:
-        raise StaleRound(f"round {rnd.number} ({rnd.kind}) of job {rnd.job_id} is {rnd.status}, not open")
+def _check_open_and_selected(facts: Submission, node: Node) -> None:
+    if not facts.node_selected:
+        raise NotSelected(f"node {node.name} is not selected for round {facts.number} of job {facts.job_id}")
+    _check_open(facts.status, facts)
 
 
-def check_evaluation(rnd: Round, evaluation) -> None:
+def _check_open(status: str, facts: Submission) -> None:
+    if status != Round.Status.OPEN:
+        raise StaleRound(f"round {facts.number} ({facts.kind}) of job {facts.job_id} is {status}, not open")
+
+
+def check_evaluation(facts: Submission, evaluation) -> None:
     """A train round that evaluates first needs the evaluation of the model it started
     from (`evaluation`: (num_examples, metrics)); raises InvalidUpdateError."""
-    if rnd.kind == Round.Kind.TRAIN and rnd.evaluate_first and evaluation is None:
-        raise InvalidUpdateError(f"round {rnd.number} asks for the evaluation of model version {rnd.number - 1} "
+    if facts.kind == Round.Kind.TRAIN and facts.evaluate_first and evaluation is None:
+        raise InvalidUpdateError(f"round {facts.number} asks for the evaluation of model version {facts.number - 1} "
                                  "with the update: send X-Eval-Examples and X-Eval-Metrics")
 
 
@@ -111,32 +134,33 @@ def check_num_examples(value, field: str) -> int:
 
 def update_submit(*, round_id: int, node: Node, upload: Path | None, num_examples: int,
                   metrics: dict[str, float], evaluation: tuple[int, dict[str, float]] | None = None,
-                  upload_sha256: str | None = None, checked: Round | None = None) -> tuple[Update, bool]:
+                  upload_sha256: str | None = None, checked: Submission | None = None) -> tuple[Update, bool]:
     """Accept a node's validated result for a round: weights (`upload`) for a train
     round, with the evaluation of the model it started from (`evaluation`) when the
     round evaluates first; metrics only for an evaluate round. Returns (update,
     created); a duplicate returns the first update unchanged. The round's last expected
     result moves it to aggregating and queues its close. Raises NotSelected,
     StaleRound or InvalidUpdateError (an evaluation missing). `checked`: the round as
-    `submission_round` returned it for this node just before (it is not read again)."""
+    `submission_round` returned them for this node just before (not read again)."""
     kind = Round.Kind.TRAIN if upload else Round.Kind.EVALUATE
 
-    def record(rnd: Round) -> Update:
-        check_evaluation(rnd, evaluation)
-        stored = (artifacts.keep_update(rnd.job_id, rnd.number, rnd.kind, node.name, upload, upload_sha256)
+    def record(facts: Submission) -> Update:
+        check_evaluation(facts, evaluation)
+        results = [(facts.number, facts.metric_phase, metrics | {"num_examples": float(num_examples)})]
+        if evaluation is not None and facts.evaluate_first:
+            results.append((facts.number - 1, MetricPoint.Phase.EVAL,
+                            evaluation[1] | {"num_examples": float(evaluation[0])}))
+        metric_points_record(job_id=facts.job_id, node=node, results=results)
+        # The file is moved last: from here on `_accept` or the except below discards it
+        # when the transaction rolls back.
+        stored = (artifacts.keep_update(facts.job_id, facts.number, facts.kind, node.name, upload, upload_sha256)
                   if upload else ("", "", 0))
         try:
-            update = Update.objects.create(round=rnd, node=node, path=stored[0], sha256=stored[1], bytes=stored[2],
-                                           num_examples=num_examples)
+            return Update.objects.create(round_id=facts.round_id, node=node, path=stored[0], sha256=stored[1],
+                                         bytes=stored[2], num_examples=num_examples)
         except BaseException:  # a concurrent duplicate won (IntegrityError), or the database failed
             artifacts.discard(stored[0])
             raise
-        phase = MetricPoint.Phase.FIT if rnd.kind == Round.Kind.TRAIN else MetricPoint.Phase.EVAL
-        results = [(rnd.number, phase, metrics | {"num_examples": float(num_examples)})]
-        if evaluation is not None and rnd.evaluate_first:
-            results.append((rnd.number - 1, MetricPoint.Phase.EVAL, evaluation[1] | {"num_examples": float(evaluation[0])}))
-        metric_points_record(job_id=rnd.job_id, node=node, results=results)
-        return update
 
     return _accept(round_id, node, kind, record, checked)
 
@@ -145,42 +169,40 @@ def cross_site_submit(*, round_id: int, node: Node, results: list[dict]) -> tupl
     """Accept a node's cross-site validation results: [{"source", "num_examples",
     "metrics"}] for exactly the sources its task listed (cleaned by the caller)."""
 
-    def record(rnd: Round) -> Update:
-        expected = {source for source, _ in cross_site_sources(rnd)}
+    def record(facts: Submission) -> Update:
+        expected = {"global"} | set(local_models(facts.job_id))
         if {r["source"] for r in results} != expected or len(results) != len(expected):
             raise InvalidUpdateError(f"results: expected one per model source: {', '.join(sorted(expected))}")
         CrossSiteResult.objects.bulk_create([
-            CrossSiteResult(job_id=rnd.job_id, evaluator=node, source=r["source"], name=name, value=value,
+            CrossSiteResult(job_id=facts.job_id, evaluator=node, source=r["source"], name=name, value=value,
                             num_examples=r["num_examples"]) for r in results for name, value in r["metrics"].items()])
-        return Update.objects.create(round=rnd, node=node, num_examples=max(r["num_examples"] for r in results))
+        return Update.objects.create(round_id=facts.round_id, node=node,
+                                     num_examples=max(r["num_examples"] for r in results))
 
     return _accept(round_id, node, Round.Kind.CROSS_SITE, record)
 
 
-def _accept(round_id: int, node: Node, kind: str, record, checked: Round | None = None) -> tuple[Update, bool]:
-    """The idempotent duplicate answer and the kind/selected/open checks, then
-    `record(round)` and an event, then, under the round's row lock, the open check again
+def _accept(round_id: int, node: Node, kind: str, record, checked: Submission | None = None) -> tuple[Update, bool]:
+    """The idempotent duplicate answer and the kind/selected/open checks
+    (`submission_round`, unless the caller passed the facts it `checked`), then
+    `record(facts)` and an event, then, under the round's row lock, the open check again
     and the close check. The lock is taken last, so that it is held for two statements
     and the commit, not for every insert: the results of a round's nodes arrive
     together and would wait for each other (measured: the slowest upload of 10 waited
     for the other 9, bench/round_overhead.py). It still orders every result before the
-    round's move to aggregating: a result is committed only while the round is open.
-    (Its count is a statement of its own, after the lock: in READ COMMITTED a statement
-    that waited for a lock still reads from its snapshot of before the wait.)"""
+    round's move to aggregating: a result is committed only while the round is open."""
     try:
         with transaction.atomic():
-            rnd = checked or _submission_facts(round_id, node)
-            _check_kind(rnd, kind)
-            if rnd.existing_update_id:
-                return Update.objects.get(pk=rnd.existing_update_id), False
-            _check_open_and_selected(rnd, node)
-            update = record(rnd)
+            facts, existing = (checked, None) if checked else submission_round(round_id=round_id, node=node, kind=kind)
+            if existing is not None:
+                return existing, False
+            update = record(facts)
             try:
-                job_event_record(job=rnd.job, kind="update_accepted", node=node,
-                                 message=f"{rnd.kind} result from {node.name} for round {rnd.number}",
-                                 data={"round": rnd.number, "kind": rnd.kind, "num_examples": update.num_examples})
-                rnd.status = locked_value(Round, "status", round_id)
-                _check_open_and_selected(rnd, node)  # it may have moved on while this result was recorded
+                job_event_record(job_id=facts.job_id, kind="update_accepted", node=node,
+                                 message=f"{facts.kind} result from {node.name} for round {facts.number}",
+                                 data={"round": facts.number, "kind": facts.kind, "num_examples": update.num_examples})
+                rnd = round_lock(round_id)
+                _check_open(rnd.status, facts)  # it may have moved on while this result was recorded
                 round_close_when_complete(rnd)
             except BaseException:  # the transaction rolls back: the file goes too
                 artifacts.discard(update.path)
@@ -193,12 +215,12 @@ def _accept(round_id: int, node: Node, kind: str, record, checked: Round | None 
 def cross_site_model(*, round_id: int, node: Node, source: str):
     """A node's last local model, for a node selected in an open cross-site round of
     the same job. Raises NotFound / NotSelected / StaleRound."""
-    rnd, _ = submission_round(round_id=round_id, node=node, kind=Round.Kind.CROSS_SITE)
-    if rnd.status != Round.Status.OPEN:
-        raise StaleRound(f"cross-site round of job {rnd.job_id} is {rnd.status}")
-    found = dict(cross_site_sources(rnd)).get(source)
-    if found is None or source == "global":
-        raise NotFound(f"no local model of {source!r} in job {rnd.job_id}")
+    facts, _ = submission_round(round_id=round_id, node=node, kind=Round.Kind.CROSS_SITE)
+    if facts.status != Round.Status.OPEN:
+        raise StaleRound(f"cross-site round of job {facts.job_id} is {facts.status}")
+    found = local_models(facts.job_id).get(source)
+    if found is None:
+        raise NotFound(f"no local model of {source!r} in job {facts.job_id}")
     return found
 
 

@@ -4,9 +4,9 @@ import math
 import torch
 from django.conf import settings
 
-from jobs.fl import networks, strategies, training
-from jobs.fl.params import ParamError, validate_params
-from flportal.errors import ValidationFailed
+from core.errors import ValidationFailed
+from fl import networks, strategies, training
+from fl.params import ParamError, validate_params
 
 # name: (type, default, min, max); None = no bound. Validated before any model code runs.
 POLICY_FIELDS = {
@@ -82,7 +82,8 @@ def _check_policy(out: dict, n_nodes: int) -> None:
     if per_round > n_nodes:
         raise ParamError("clients_per_round", f"is {per_round} but only {n_nodes} nodes are chosen")
     if out["clients_required"] > per_round:
-        raise ParamError("clients_required", f"is {out['clients_required']} but only {per_round} nodes take part in a round")
+        raise ParamError("clients_required",
+                         f"is {out['clients_required']} but only {per_round} nodes take part in a round")
     if out["buffer_size"] == 0 or out["buffer_size"] > per_round:
         raise ParamError("buffer_size", f"must be -1 (all) or between 1 and {per_round}")
     if out["buffer_size"] != -1 and out["buffer_size"] < out["clients_required"]:

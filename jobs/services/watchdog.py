@@ -1,4 +1,6 @@
-"""The watchdog's sweep: a job is never left running without a live path forward."""
+"""The watchdog's sweep: a job is never left running without a live path forward. It
+re-drives through the FL server's own tasks (jobs/services/dispatch.py), and fails a
+job through the coordinator's services."""
 import logging
 from datetime import timedelta
 
@@ -7,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.models import Job, Round
+from jobs.services import dispatch
 from jobs.services.jobs import job_fail
 from jobs.services.rounds import rounds_overdue, rounds_stuck_aggregating
 from nodes.services import nodes_mark_stale_offline
@@ -15,21 +18,21 @@ logger = logging.getLogger(__name__)
 
 
 def watchdog_sweep() -> dict:
-    """Mark silent nodes offline; re-drive rounds past their deadline and rounds stuck
-    aggregating (a worker died); restart jobs stuck queued; fail running jobs with no
-    round in flight. Returns what it did, for logs and tests."""
-    from jobs.tasks import job_start_task, round_close_task, round_deadline_task
-
+    """Mark silent nodes offline; re-drive rounds past their deadline and aggregating
+    rounds that nobody aggregates (their lease expired: the worker died; never one
+    whose worker still renews its lease, however long it runs); restart jobs stuck
+    queued; fail running jobs with no round in flight. Returns what it did, for logs
+    and tests."""
     done = {"offline": [n.name for n in nodes_mark_stale_offline()]}
     done["deadline"] = rounds_overdue()
     for round_id in done["deadline"]:
-        round_deadline_task.delay(round_id)
-    done["aggregating"] = rounds_stuck_aggregating(older_than_s=settings.FLPORTAL_STUCK_AFTER_S)
+        dispatch.queue_round_deadline(round_id, countdown=0)
+    done["aggregating"] = rounds_stuck_aggregating(grace_s=settings.FLPORTAL_AGGREGATION_LEASE_S)
     for round_id in done["aggregating"]:
-        round_close_task.delay(round_id)
+        dispatch.queue_round_close(round_id)
     done["queued"] = _jobs_stuck_queued()
     for job_id in done["queued"]:
-        job_start_task.delay(job_id)
+        dispatch.queue_job_start(job_id)
     done["failed"] = _fail_running_without_round()
     if any(done.values()):
         logger.info("watchdog: %s", done)

@@ -64,7 +64,7 @@ def group_alive(pgid: int) -> bool:
 @pytest.fixture(scope="session")
 def site_data(tmp_path_factory) -> Path:
     """breast_cancer split IID over two sites; returns the directory of site-1."""
-    from jobs.fl.data import write_partitions
+    from fl.data import write_partitions
 
     root = tmp_path_factory.mktemp("sites")
     write_partitions("breast_cancer", 2, root, scheme="iid", seed=0)

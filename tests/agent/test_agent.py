@@ -1,4 +1,4 @@
-"""The real agent process (``python -m nodes.agent``) against the fake portal."""
+"""The real agent process (``python -m agent``) against the fake portal."""
 
 import json
 import os
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nodes.agent import __version__
-from tests.agent.conftest import (AGENT_KEY, NODE_TOKEN, group_alive, pid_alive, subprocess_env,
-                                  wait_for)
+from agent import __version__
+from tests.agent.conftest import AGENT_KEY, NODE_TOKEN, group_alive, pid_alive, subprocess_env, wait_for
 from tests.agent.fakeportal import FakePortal
 
 RUN_KEYS = {"run_id", "job_id", "pid", "state", "returncode", "started_at", "ended_at", "warm"}
@@ -48,7 +47,7 @@ class Agent:
 def start_agent(python, site_data, tmp_path, portal, *extra, env=None) -> Agent:
     """Start an agent on a free port and wait until it listens."""
     runs_dir, stderr_path = tmp_path / "runs", tmp_path / "agent.stderr"
-    argv = [python, "-m", "nodes.agent", "--portal", portal.url, "--name", "site-1",
+    argv = [python, "-m", "agent", "--portal", portal.url, "--name", "site-1",
             "--data-dir", str(site_data), "--host", "127.0.0.1", "--port", "0",
             "--runs-dir", str(runs_dir), "--stop-grace", "3", *extra]
     env = env or subprocess_env(FLPORTAL_NODE_TOKEN=NODE_TOKEN, FLPORTAL_AGENT_KEY=AGENT_KEY)
@@ -175,7 +174,7 @@ def test_run_lifecycle_start_idempotent_log_stop(agent):
 
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    assert b"nodes.agent.trainer" in cmdline and not any(NODE_TOKEN.encode() in arg for arg in cmdline)
+    assert b"agent.trainer" in cmdline and not any(NODE_TOKEN.encode() in arg for arg in cmdline)
     assert cmdline[cmdline.index(b"--max-offline") + 1] == b"42"
     assert cmdline[cmdline.index(b"--parent-pid") + 1] == str(agent.process.pid).encode()
     assert f"FLPORTAL_NODE_TOKEN={NODE_TOKEN}".encode() in environ
@@ -295,7 +294,7 @@ def test_sigterm_stops_the_spare_and_removes_its_log(site_data, python, tmp_path
     ({"FLPORTAL_NODE_TOKEN": NODE_TOKEN, "FLPORTAL_AGENT_KEY": "  "}, "FLPORTAL_AGENT_KEY"),
 ])
 def test_agent_refuses_to_start_without_its_secrets(site_data, python, tmp_path, env, missing):
-    argv = [python, "-m", "nodes.agent", "--portal", "http://127.0.0.1:9", "--name", "site-1",
+    argv = [python, "-m", "agent", "--portal", "http://127.0.0.1:9", "--name", "site-1",
             "--data-dir", str(site_data), "--port", "0", "--runs-dir", str(tmp_path)]
     proc = subprocess.run(argv, env=subprocess_env(**env), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2

@@ -3,9 +3,9 @@ interval is obeyed, and datasets are described again only when the files change.
 
 import numpy as np
 
-from nodes.agent import __version__
-from nodes.agent.heartbeat import Heartbeat
-from nodes.agent.portal import PortalClient
+from agent import __version__
+from agent.heartbeat import Heartbeat
+from agent.portal import PortalClient
 from tests.agent.conftest import NODE_TOKEN
 
 

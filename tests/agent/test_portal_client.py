@@ -10,10 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nodes.agent.local import TrainResult
-from nodes.agent.portal import (Backoff, PortalClient, PortalOffline, PortalRefusal,
-                                PortalUnavailable, TransientError)
-from nodes.agent.trainer import EXIT_END, Trainer
+from agent.local import TrainResult
+from agent.portal import Backoff, PortalClient, PortalOffline, PortalRefusal, PortalUnavailable, TransientError
+from agent.trainer import EXIT_END, Trainer
 from tests.agent.conftest import NODE_TOKEN
 
 WEIGHTS = b"model-bytes"
@@ -125,7 +124,7 @@ class KeepAliveServer:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append((self.path, body, self.headers["Authorization"]))
                 self.answered += 1

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from nodes.agent.credentials import MissingSecret, read_secret
-from nodes.agent.runs import AgentClosing, RunManager, tail_file
-from nodes.agent.sitedata import find_dataset, is_safe_name
+from agent.credentials import MissingSecret, read_secret
+from agent.runs import AgentClosing, RunManager, tail_file
+from agent.sitedata import find_dataset, is_safe_name
 from tests.agent.conftest import group_alive, pid_alive, wait_for
 
 # The leader and a child it spawns; IGNORE_TERM says who ignores SIGTERM ("both" or "child").
@@ -25,7 +25,7 @@ time.sleep(60)
 
 
 def manager(tmp_path, mode="both", grace=0.5) -> RunManager:
-    command = lambda run_id, job_id, dataset: [sys.executable, "-c", STUBBORN, mode]  # noqa: E731
+    command = lambda run_id, job_id, dataset: [sys.executable, "-c", STUBBORN, mode]
     return RunManager(runs_dir=tmp_path / "runs", command=command, env={}, stop_grace=grace)
 
 

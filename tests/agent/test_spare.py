@@ -1,5 +1,5 @@
 """Warm trainers: RunManager's spare with stand-in spares (small scripts that speak the
-spare's protocol), and the real spare trainer (``nodes.agent.trainer --spare``)."""
+spare's protocol), and the real spare trainer (``agent.trainer --spare``)."""
 
 import hashlib
 import json
@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from jobs.fl.networks import build_model
-from jobs.fl.serialization import state_dict_to_bytes
-from nodes.agent import trainer
-from nodes.agent.runs import RunManager
-from nodes.agent.warmstart import AssignmentError, encode_assignment, read_assignment
+from agent import trainer
+from agent.runs import RunManager
+from agent.warmstart import AssignmentError, encode_assignment, read_assignment
+from fl.networks import build_model
+from fl.serialization import state_dict_to_bytes
 from tests.agent.conftest import NODE_TOKEN, group_alive, pid_alive, subprocess_env, wait_for
 from tests.agent.fakeportal import FakePortal
 
@@ -191,7 +191,7 @@ def test_trainer_arguments_refuse_a_job_and_a_spare_at_once(argv):
 def start_spare(python, portal_url, site_data, *extra, out=subprocess.PIPE):
     """A real spare trainer; returns (process, read end of its ready pipe)."""
     ready_read, ready_write = os.pipe()
-    argv = [python, "-m", "nodes.agent.trainer", "--spare", "--ready-fd", str(ready_write),
+    argv = [python, "-m", "agent.trainer", "--spare", "--ready-fd", str(ready_write),
             "--portal", portal_url, "--data-dir", str(site_data), "--wait", "1", *extra]
     proc = subprocess.Popen(argv, env=subprocess_env(FLPORTAL_NODE_TOKEN=NODE_TOKEN), stdin=subprocess.PIPE,
                             stdout=out, stderr=subprocess.STDOUT, pass_fds=(ready_write,))

@@ -1,4 +1,4 @@
-"""The real trainer process (``python -m nodes.agent.trainer``) against the fake portal."""
+"""The real trainer process (``python -m agent.trainer``) against the fake portal."""
 
 import base64
 import hashlib
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from jobs.fl.data import load_dataset, train_val_split
-from jobs.fl.networks import build_model
-from jobs.fl.serialization import load_state_dict, state_dict_to_bytes
+from fl.data import load_dataset, train_val_split
+from fl.networks import build_model
+from fl.serialization import load_state_dict, state_dict_to_bytes
 from tests.agent.conftest import NODE_TOKEN, subprocess_env, wait_for
 from tests.agent.fakeportal import FakePortal
 
@@ -38,7 +38,7 @@ def round_task(action: str, round_no: int, round_id: int, version: int, data: by
 
 
 def trainer_argv(python, portal_url, site_data, *extra):
-    return [python, "-m", "nodes.agent.trainer", "--portal", portal_url, "--job", "7",
+    return [python, "-m", "agent.trainer", "--portal", portal_url, "--job", "7",
             "--data-dir", str(site_data), "--dataset", "breast_cancer", "--wait", "1",
             "--backoff-cap", "0.3", *extra]
 

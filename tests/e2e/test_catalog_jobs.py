@@ -4,10 +4,10 @@ validation."""
 import numpy as np
 import pytest
 
-from jobs.fl.data import load_dataset, train_val_split
-from jobs.fl.networks import build_model
-from jobs.fl.serialization import load_state_dict
-from jobs.fl.training import evaluate
+from fl.data import load_dataset, train_val_split
+from fl.networks import build_model
+from fl.serialization import load_state_dict
+from fl.training import evaluate
 from flportal.localstack import all_pages
 from tests.e2e.conftest import launch
 

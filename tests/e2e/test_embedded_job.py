@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from fl.data import load_dataset, train_val_split
+from fl.networks import build_model
+from fl.serialization import load_state_dict
+from fl.training import evaluate, train_local
 from flportal.localstack import all_pages
-from jobs.fl.data import load_dataset, train_val_split
-from jobs.fl.networks import build_model
-from jobs.fl.serialization import load_state_dict
-from jobs.fl.training import evaluate, train_local
 from tests.e2e.conftest import assert_job_complete, launch
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,7 @@ def test_fedavg_job_succeeds_on_three_agents(embedded_stack):
 def _splits(stack):
     parts = [train_val_split(*load_dataset(a.data_dir / "breast_cancer.npz"), val_fraction=VAL, seed=SEED)
              for a in stack.agents]
-    join = lambda i: np.concatenate([p[i] for p in parts])  # noqa: E731
+    join = lambda i: np.concatenate([p[i] for p in parts])
     return join(0), join(1), join(2), join(3)
 
 

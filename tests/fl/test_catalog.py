@@ -1,8 +1,8 @@
 import json
 
-from jobs.fl import networks
-from jobs.fl.catalog import catalog
-from jobs.fl.strategies import STRATEGIES
+from fl import networks
+from fl.catalog import catalog
+from fl.strategies import STRATEGIES
 
 
 def test_catalog_lists_everything_as_plain_json():
@@ -35,6 +35,6 @@ def test_catalog_is_a_copy_and_shows_user_models(monkeypatch):
     result["strategies"][0]["schema"]["weighted"]["default"] = "changed"
     assert STRATEGIES["fedavg"].schema["weighted"]["default"] is True
     monkeypatch.setattr(networks, "MODELS", dict(networks.MODELS))
-    networks.register_from_settings({"tiny": "jobs.fl.examples.tiny_mlp"})
+    networks.register_from_settings({"tiny": "fl.examples.tiny_mlp"})
     tiny = catalog()["models"][-1]
     assert tiny["name"] == "tiny" and tiny["schema"]["width"]["default"] == 32

@@ -1,11 +1,16 @@
 import numpy as np
 import pytest
 
-from jobs.fl.data import (
-    describe_dataset, list_datasets, load_dataset, partition_indices, sklearn_dataset,
-    train_val_split, write_partitions,
+from fl.data import (
+    describe_dataset,
+    list_datasets,
+    load_dataset,
+    partition_indices,
+    sklearn_dataset,
+    train_val_split,
+    write_partitions,
 )
-from jobs.fl.params import ParamError
+from fl.params import ParamError
 
 
 @pytest.fixture(scope="module")

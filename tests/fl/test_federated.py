@@ -2,10 +2,10 @@
 digits split over three sites, the server state handed from round to round."""
 import pytest
 
-from jobs.fl.data import partition_indices, sklearn_dataset, train_val_split
-from jobs.fl.networks import build_model
-from jobs.fl.strategies import STRATEGIES, get_strategy
-from jobs.fl.training import evaluate, train_local
+from fl.data import partition_indices, sklearn_dataset, train_val_split
+from fl.networks import build_model
+from fl.strategies import STRATEGIES, get_strategy
+from fl.training import evaluate, train_local
 
 CNN = {"in_features": 64, "num_classes": 10, "batch_norm": True}
 

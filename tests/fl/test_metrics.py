@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jobs.fl.metrics import binary_auroc
+from fl.metrics import binary_auroc
 
 
 def test_auroc_by_hand_with_ties():

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.fl import networks
-from jobs.fl.networks import MODELS, build_model, register_dotted, register_model
-from jobs.fl.params import ParamError
+from fl import networks
+from fl.networks import MODELS, build_model, register_dotted, register_model
+from fl.params import ParamError
 
 
 def weights(model):
@@ -149,21 +149,21 @@ def test_bad_cnn_params_are_refused(params, field):
 
 
 def test_register_from_settings_registers_the_example_factory(monkeypatch):
-    from jobs.fl.examples import tiny_mlp
+    from fl.examples import tiny_mlp
 
     monkeypatch.setattr(networks, "MODELS", dict(MODELS))
-    entries = networks.register_from_settings({"tiny": "jobs.fl.examples.tiny_mlp",
-                                               "tiny2": "jobs.fl.examples:tiny_mlp"})
+    entries = networks.register_from_settings({"tiny": "fl.examples.tiny_mlp",
+                                               "tiny2": "fl.examples:tiny_mlp"})
     assert [e.name for e in entries] == ["tiny", "tiny2"]
     assert entries[0].factory is tiny_mlp and entries[0].schema is tiny_mlp.schema
     assert entries[0].description == "A one-hidden-layer ReLU MLP (an example user model)."
     model = networks.build_model("tiny", {"in_features": 5, "num_classes": 3}, seed=0)
     assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [32, 3]
-    networks.register_from_settings({"tiny": "jobs.fl.examples.tiny_mlp"})  # again: no-op
+    networks.register_from_settings({"tiny": "fl.examples.tiny_mlp"})  # again: no-op
     with pytest.raises(ValueError, match="FLPORTAL_MODELS\\['broken'\\]: cannot import"):
-        networks.register_from_settings({"broken": "jobs.fl.examples.nothing_here"})
+        networks.register_from_settings({"broken": "fl.examples.nothing_here"})
     with pytest.raises(ValueError, match="FLPORTAL_MODELS\\['logreg'\\]"):
-        networks.register_from_settings({"logreg": "jobs.fl.examples.tiny_mlp"})
-    for bad in (["tiny"], {"x": 3}, {"": "jobs.fl.examples.tiny_mlp"}):
+        networks.register_from_settings({"logreg": "fl.examples.tiny_mlp"})
+    for bad in (["tiny"], {"x": 3}, {"": "fl.examples.tiny_mlp"}):
         with pytest.raises(ValueError, match="FLPORTAL_MODELS"):
             networks.register_from_settings(bad)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from jobs.fl.params import ParamError, check_schema, validate_params
+from fl.params import ParamError, check_schema, validate_params
 
 SCHEMA = {
     "lr": {"type": "float", "default": 0.1, "min": 0.0, "min_exclusive": True},

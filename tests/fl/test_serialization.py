@@ -4,9 +4,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from jobs.fl.serialization import (
-    InvalidUpdate, file_sha256, load_state_dict, save_state_dict, state_dict_to_bytes,
-    tensor_spec, validate_update_file,
+from fl.serialization import (
+    InvalidUpdate,
+    file_sha256,
+    load_state_dict,
+    save_state_dict,
+    state_dict_to_bytes,
+    tensor_spec,
+    validate_update_file,
 )
 
 
@@ -145,7 +150,7 @@ def test_file_sha256_matches_hashlib(tmp_path):
 
 
 def test_the_header_alone_gives_names_shapes_and_dtypes_on_the_meta_device(tmp_path):
-    from jobs.fl.serialization import file_tensor_spec, load_state_dict_header
+    from fl.serialization import file_tensor_spec, load_state_dict_header
 
     state = {"w": torch.randn(3, 4), "b": torch.zeros(4, dtype=torch.float64), "n": torch.tensor(7)}
     path = tmp_path / "m.safetensors"

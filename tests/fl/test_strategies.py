@@ -4,8 +4,8 @@ import weakref
 import pytest
 import torch
 
-from jobs.fl.params import ParamError
-from jobs.fl.strategies import STRATEGIES, FedAvg, Strategy, get_strategy, register_strategy
+from fl.params import ParamError
+from fl.strategies import STRATEGIES, FedAvg, Strategy, get_strategy, register_strategy
 
 
 def global_state():
@@ -197,7 +197,7 @@ def test_strategy_params_are_validated():
 
 
 def test_registry_is_open_to_new_strategies(monkeypatch):
-    monkeypatch.setattr("jobs.fl.strategies.base.STRATEGIES", dict(STRATEGIES))
+    monkeypatch.setattr("fl.strategies.base.STRATEGIES", dict(STRATEGIES))
 
     @register_strategy
     class KeepGlobal(Strategy):

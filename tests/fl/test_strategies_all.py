@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.fl.params import ParamError, validate_params
-from jobs.fl.serialization import load_state_dict, state_dict_to_bytes
-from jobs.fl.strategies import STRATEGIES, FedAvg, FedProx, get_strategy
+from fl.params import ParamError, validate_params
+from fl.serialization import load_state_dict, state_dict_to_bytes
+from fl.strategies import STRATEGIES, FedAvg, FedProx, get_strategy
 
 ALL = sorted(STRATEGIES)
 STREAMING = [name for name in ALL if not STRATEGIES[name].needs_all_updates]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.fl.params import ParamError
-from jobs.fl.strategies import FedMedian, FedTrimmedAvg, Krum
+from fl.params import ParamError
+from fl.strategies import FedMedian, FedTrimmedAvg, Krum
 
 
 def aggregate(cls, params, updates, global_state):

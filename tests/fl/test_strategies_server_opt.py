@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.fl.serialization import load_state_dict, save_state_dict, state_dict_to_bytes
-from jobs.fl.strategies import STRATEGIES, FedAdagrad, FedAdam, FedAvgM, FedYogi, get_strategy
+from fl.serialization import load_state_dict, save_state_dict, state_dict_to_bytes
+from fl.strategies import STRATEGIES, FedAdagrad, FedAdam, FedAvgM, FedYogi, get_strategy
 
 F64 = torch.float64
 STATEFUL = sorted(name for name, cls in STRATEGIES.items() if cls.stateful)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from jobs.fl import serialization
-from jobs.fl.serialization import InvalidUpdate, tensor_spec, validate_update_file
-from jobs.fl.strategies import FedAvg, FedAvgM
-from jobs.fl.strategies import fedavg as fedavg_module
-from jobs.fl.strategies.base import cast_like
+from fl import serialization
+from fl.serialization import InvalidUpdate, tensor_spec, validate_update_file
+from fl.strategies import FedAvg, FedAvgM
+from fl.strategies import fedavg as fedavg_module
+from fl.strategies.base import cast_like
 
 F32_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: FedAvg (and its subclasses) sum float32, float16 and bfloat16 tensors in float32 (the

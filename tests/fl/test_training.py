@@ -3,11 +3,16 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from jobs.fl.data import sklearn_dataset, train_val_split
-from jobs.fl.networks import build_model
-from jobs.fl.params import ParamError
-from jobs.fl.training import (
-    OPTIMIZERS, TrainingDiverged, build_optimizer, evaluate, pick_device, train_local,
+from fl.data import sklearn_dataset, train_val_split
+from fl.networks import build_model
+from fl.params import ParamError
+from fl.training import (
+    OPTIMIZERS,
+    TrainingDiverged,
+    build_optimizer,
+    evaluate,
+    pick_device,
+    train_local,
 )
 
 CPU = torch.device("cpu")

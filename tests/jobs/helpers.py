@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.fl.serialization import load_state_dict, save_state_dict, state_dict_to_bytes
+from fl.serialization import load_state_dict, save_state_dict, state_dict_to_bytes
 from jobs.models import JobEvent, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 
@@ -65,7 +65,7 @@ def submit_eval(rnd: Round, node, *, num_examples: int, metrics: dict):
 def close(rnd: Round) -> Round:
     """round_close of a round that its last result moved to aggregating, as the
     worker's round_close_task does."""
-    from jobs.services.rounds import round_close
+    from jobs.services.flow import round_close
 
     rnd.refresh_from_db()
     assert rnd.status == Round.Status.AGGREGATING, f"round {rnd.number} ({rnd.kind}) is {rnd.status}"

@@ -344,7 +344,7 @@ def test_job_page_shows_the_last_rounds_the_metric_series_and_the_last_events(us
                                                                               monkeypatch):
     from jobs import views
     from jobs.models import MetricPoint
-    from jobs.services.jobs import job_event_record
+    from jobs.services.job_events import job_event_record
 
     job = finished_round_job
     logs = 510  # more than an events API page (500): the page shows the last, not the first

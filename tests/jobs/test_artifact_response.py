@@ -7,7 +7,7 @@ import warnings
 import pytest
 from django.core.handlers.asgi import ASGIHandler
 
-from jobs.services.artifacts import ArtifactResponse
+from core.responses import ArtifactResponse
 
 # Closing a response sends request_finished, whose close_old_connections touches the
 # database connections a test before this one may have opened in this thread: with no

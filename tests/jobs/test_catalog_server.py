@@ -9,9 +9,9 @@ import pytest
 import torch
 from rest_framework.test import APIClient
 
-from flportal.errors import ValidationFailed
-from jobs.fl.serialization import load_state_dict, state_dict_to_bytes
-from jobs.fl.strategies import get_strategy
+from core.errors import ValidationFailed
+from fl.serialization import load_state_dict, state_dict_to_bytes
+from fl.strategies import get_strategy
 from jobs.models import CrossSiteResult, Job, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 from jobs.services.node_tasks import task_for_node

@@ -12,7 +12,7 @@ import torch
 from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient
 
-from flportal.body_limit import BodyLimit
+from core.body_limit import BodyLimit
 from jobs import events
 from jobs.models import JobEvent, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
@@ -569,7 +569,7 @@ def test_task_long_poll_with_wait_nan_still_ends(started_job, nodes3, tmp_path, 
 
 
 def run_broadcasts(callbacks):
-    """Run the captured live events (broadcasts), not the Celery tasks."""
+    """Run the captured live events (broadcasts), not the Celery tasks (partials, jobs/services/dispatch.py)."""
     for callback in callbacks:
         if not hasattr(callback, "func"):
             callback()
@@ -588,7 +588,7 @@ def poll_while(job, creds, action, *, wait=20):
         await sync_to_async(action)()
         try:
             response = await asyncio.wait_for(asyncio.shield(poll), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             poll.cancel()
             response = None
         return response, time.monotonic() - started

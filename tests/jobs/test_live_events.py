@@ -9,8 +9,8 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import InMemoryChannelLayer
 from channels.testing import WebsocketCommunicator
 
+from core.channel_layer import EmbeddedChannelLayer
 from flportal.asgi import application
-from flportal.channel_layer import EmbeddedChannelLayer
 from jobs.models import Job
 from jobs.services.transitions import job_transition
 from tests.conftest import create_job, register_node
@@ -197,7 +197,7 @@ class SlowLayer:
 
 
 def test_broadcasts_do_not_make_the_writer_wait_and_go_out_in_order(monkeypatch):
-    from flportal import broadcast
+    from core import broadcast
 
     layer = SlowLayer()
     monkeypatch.setattr(broadcast, "get_channel_layer", lambda: layer)
@@ -211,7 +211,7 @@ def test_broadcasts_do_not_make_the_writer_wait_and_go_out_in_order(monkeypatch)
 
 
 def test_a_failed_broadcast_does_not_stop_the_ones_after_it(monkeypatch):
-    from flportal import broadcast
+    from core import broadcast
 
     layer = SlowLayer(refuse={"lost"})
     monkeypatch.setattr(broadcast, "get_channel_layer", lambda: layer)
@@ -222,7 +222,7 @@ def test_a_failed_broadcast_does_not_stop_the_ones_after_it(monkeypatch):
 
 
 def test_trainers_wake_ups_go_before_the_browsers_events_queued_with_them(monkeypatch):
-    from flportal import broadcast
+    from core import broadcast
 
     layer = SlowLayer()
     monkeypatch.setattr(broadcast, "get_channel_layer", lambda: layer)

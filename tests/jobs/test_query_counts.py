@@ -14,10 +14,11 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from flportal.auth import api_token_create
+from core.auth import api_token_create
 from jobs.models import Job, Round
-from jobs.services.jobs import job_cancel, job_event_record
-from jobs.services.rounds import round_close, round_deadline
+from jobs.services.flow import round_close, round_deadline
+from jobs.services.job_events import job_event_record
+from jobs.services.jobs import job_cancel
 from jobs.services.updates import cross_site_submit
 from tests.conftest import create_job, register_node, start_job
 from tests.jobs.helpers import close, open_round, submit_eval, submit_train

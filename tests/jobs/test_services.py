@@ -2,42 +2,72 @@
 start, the round protocol (FedAvg, metrics, evaluation, deadlines), the node's next
 task, cancellation and the watchdog's sweep."""
 import base64
-import functools
 import hashlib
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
 from django.utils import timezone
 
-from flportal.errors import NotFound, ValidationFailed
+from core.errors import NotFound, ValidationFailed
+from fl.networks import build_model
 from jobs import tasks
 from jobs.exceptions import InvalidUpdateError, JobStateError, NotSelected, StaleRound
-from jobs.fl.networks import build_model
 from jobs.models import Job, JobEvent, JobNode, MetricPoint, ModelVersion, Round, Update
-from jobs.services import artifacts
-from jobs.services.jobs import job_cancel, job_create, job_launch, job_node_run_started, job_start
+from jobs.services import artifacts, dispatch
+from jobs.services.flow import job_start, round_close, round_deadline
+from jobs.services.jobs import job_cancel, job_create, job_launch, job_node_run_started
 from jobs.services.node_tasks import task_for_node
-from jobs.services.rounds import round_close, round_deadline
 from jobs.services.transitions import job_transition, round_transition
 from jobs.services.watchdog import watchdog_sweep
 from nodes.models import Node
 from nodes.services import node_heartbeat, node_set_enabled
 from tests.conftest import BASE_SPEC, BREAST_CANCER, create_job
-from tests.jobs.helpers import (close, fedavg, model_state, open_round, perturbed, row_counts, submit_eval, submit_train,
-                                write_update)
+from tests.jobs.helpers import (
+    close,
+    fedavg,
+    model_state,
+    open_round,
+    perturbed,
+    row_counts,
+    submit_eval,
+    submit_train,
+    write_update,
+)
 
 pytestmark = pytest.mark.django_db
-REAL_ROUND_DEADLINE_TASK = tasks.round_deadline_task  # kept before `queued_tasks` patches the name
-REAL_ROUND_CLOSE_TASK = tasks.round_close_task
 
 
-def on_commit_tasks(callbacks, task) -> list[tuple]:
-    """Arguments of the `task.delay_on_commit(...)` calls among captured callbacks."""
-    return [cb.args for cb in callbacks
-            if isinstance(cb, functools.partial) and getattr(cb.func, "__self__", None) is task._get_current_object()
-            and cb.func.__name__ == "delay"]
+class Sent:
+    """The tasks services queued through jobs/services/dispatch.py, recorded instead of
+    sent to the broker: (name, args, options)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __call__(self, name, args, **options):
+        self.calls.append((name, args, options))
+
+    def args(self, name: str) -> list[tuple]:
+        return [args for called, args, _ in self.calls if called == name]
+
+
+@pytest.fixture
+def sent(monkeypatch) -> Sent:
+    recorder = Sent()
+    monkeypatch.setattr(dispatch, "send", recorder)
+    return recorder
+
+
+def on_commit_tasks(callbacks, sent: Sent, name: str) -> list[tuple]:
+    """Run captured on-commit callbacks (nothing was sent before: they are queued on
+    commit), and the arguments of the `name` tasks they sent."""
+    before = len(sent.calls)
+    assert sent.args(name) == [], f"{name} was sent before commit"
+    for callback in callbacks:
+        callback()
+    return [args for called, args, _ in sent.calls[before:] if called == name]
 
 
 def aggregate(job, number, phase) -> dict[str, float]:
@@ -160,28 +190,27 @@ def test_job_create_refuses_non_finite_numbers(user, nodes3, field, value):
 
 # --- job_launch / job_start ------------------------------------------------------------------
 
-def test_job_launch_queues_the_job_and_job_start_only_on_commit(job, user, django_capture_on_commit_callbacks):
+def test_job_launch_queues_the_job_and_job_start_only_on_commit(job, user, django_capture_on_commit_callbacks, sent):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         launched = job_launch(job=job, actor=user)
 
     assert launched.status == Job.Status.QUEUED and launched.queued_at is not None
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED
-    assert on_commit_tasks(callbacks, tasks.job_start_task) == [(job.pk,)]
+    assert on_commit_tasks(callbacks, sent, "job_start_task") == [(job.pk,)]
     event = JobEvent.objects.filter(job=job, kind="status").get()
     assert event.data == {"from": "draft", "to": "queued", "reason": ""} and event.actor == user
 
 
-def test_job_launch_of_a_queued_job_is_refused_and_queues_nothing(job, django_capture_on_commit_callbacks):
+def test_job_launch_of_a_queued_job_is_refused_and_queues_nothing(job, django_capture_on_commit_callbacks, sent):
     job_launch(job=job)
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        with pytest.raises(JobStateError):
-            job_launch(job=job)
-    assert on_commit_tasks(callbacks, tasks.job_start_task) == []
+    with django_capture_on_commit_callbacks(execute=False) as callbacks, pytest.raises(JobStateError):
+        job_launch(job=job)
+    assert on_commit_tasks(callbacks, sent, "job_start_task") == []
     assert JobEvent.objects.filter(job=job, kind="status").count() == 1
 
 
-def test_job_start_stores_round_zero_and_opens_round_one(job, django_capture_on_commit_callbacks):
+def test_job_start_stores_round_zero_and_opens_round_one(job, django_capture_on_commit_callbacks, sent):
     job_launch(job=job)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         returned = job_start(job_id=job.pk)
@@ -203,10 +232,9 @@ def test_job_start_stores_round_zero_and_opens_round_one(job, django_capture_on_
     assert sorted(n.name for n in rnd.selected.all()) == ["site-a", "site-b", "site-c"]
     assert rnd.target_updates == 3 and rnd.deadline > timezone.now()
     # every node's agent is asked to start a trainer, after commit; the deadline check too
-    assert sorted(on_commit_tasks(callbacks, tasks.agent_start_run_task)) == sorted(
+    assert sorted(on_commit_tasks(callbacks, sent, "agent_start_run_task")) == sorted(
         (pk,) for pk in job.job_nodes.values_list("pk", flat=True))
-    assert any(isinstance(cb, functools.partial) and cb.args == ((rnd.pk,),) and cb.keywords == {"countdown": 300.0}
-               for cb in callbacks)
+    assert ("round_deadline_task", (rnd.pk,), {"countdown": 300.0}) in sent.calls
 
 
 def test_job_start_is_idempotent(started_job):
@@ -360,13 +388,14 @@ def test_evaluate_every_2_evaluates_every_second_model_first(make_started_job, n
 
 
 def test_only_the_last_expected_update_moves_the_round_and_queues_its_close(
-        started_job, nodes3, tmp_path, django_capture_on_commit_callbacks):
+        started_job, nodes3, tmp_path, django_capture_on_commit_callbacks, sent):
     train = open_round(started_job)
     queued, statuses = [], []
     for i, cr in enumerate(nodes3):
-        with django_capture_on_commit_callbacks() as callbacks:
+        with django_capture_on_commit_callbacks(execute=True):
             submit_train(train, cr.node, tmp_path, seed=i, num_examples=10)
-        queued.append(on_commit_tasks(callbacks, REAL_ROUND_CLOSE_TASK))
+        queued.append(sent.args("round_close_task"))
+        sent.calls.clear()
         train.refresh_from_db()
         statuses.append(train.status)
     assert queued == [[], [], [(train.pk,)]]  # one task per round, not one per update
@@ -575,7 +604,7 @@ def test_job_cancel_from_draft_and_queued(job, user, path):
 
 
 def test_job_cancel_of_a_running_job_fails_its_round_and_stops_the_trainers(started_job, user,
-                                                                            django_capture_on_commit_callbacks):
+                                                                            django_capture_on_commit_callbacks, sent):
     jn = started_job.job_nodes.get(node__name="site-b")
     job_node_run_started(job_node_id=jn.pk, run_id="run-1")
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -585,7 +614,7 @@ def test_job_cancel_of_a_running_job_fails_its_round_and_stops_the_trainers(star
     assert started_job.status == Job.Status.CANCELLED and started_job.status_reason == "wrong data"
     rnd = Round.objects.get(job=started_job)
     assert rnd.status == Round.Status.FAILED and rnd.status_reason == "job cancelled"
-    assert on_commit_tasks(callbacks, tasks.agent_stop_run_task) == [(jn.pk,)]  # only the node with a run
+    assert on_commit_tasks(callbacks, sent, "agent_stop_run_task") == [(jn.pk,)]  # only the node with a run
 
 
 def test_job_cancel_of_an_ended_job_is_refused(started_job, user):
@@ -605,26 +634,17 @@ def test_job_cancel_of_a_succeeded_job_is_refused(job, user):
 
 # --- the watchdog --------------------------------------------------------------------------
 
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def delay(self, *args):
-        self.calls.append(args)
-
-    def delay_on_commit(self, *args):  # services queue on commit; never committed in these tests
-        pass
-
-    apply_async_on_commit = delay_on_commit
-
-
 @pytest.fixture
-def queued_tasks(monkeypatch):
-    """The tasks the sweep queues, recorded instead of sent to the broker."""
-    recorders = {name: Recorder() for name in ("round_deadline_task", "round_close_task", "job_start_task")}
-    for name, recorder in recorders.items():
-        monkeypatch.setattr(tasks, name, recorder)
-    return recorders
+def queued_tasks(sent):
+    """The tasks the sweep queues, recorded. The sweep runs outside any transaction in
+    a worker, so they go at once; here the test's transaction holds them until the
+    sweep returns (`sweep`)."""
+    return sent
+
+
+def sweep(django_capture_on_commit_callbacks) -> dict:
+    with django_capture_on_commit_callbacks(execute=True):
+        return watchdog_sweep()
 
 
 def test_watchdog_with_nothing_to_do(started_job, queued_tasks):
@@ -644,14 +664,14 @@ def test_watchdog_marks_silent_nodes_offline(nodes3, settings, queued_tasks):
     assert watchdog_sweep()["offline"] == []
 
 
-def test_watchdog_redrives_an_overdue_round(started_job, queued_tasks):
+def test_watchdog_redrives_an_overdue_round(started_job, queued_tasks, django_capture_on_commit_callbacks):
     rnd = open_round(started_job)
     time_travel_deadline(rnd, seconds_ago=5)  # past the 2 s grace
 
-    done = watchdog_sweep()
+    done = sweep(django_capture_on_commit_callbacks)
 
-    assert done["deadline"] == [rnd.pk] and queued_tasks["round_deadline_task"].calls == [(rnd.pk,)]
-    REAL_ROUND_DEADLINE_TASK(rnd.pk)  # what the worker then runs: the task body, in-process
+    assert done["deadline"] == [rnd.pk] and queued_tasks.args("round_deadline_task") == [(rnd.pk,)]
+    tasks.round_deadline_task(rnd.pk)  # what the worker then runs: the task body, in-process
     rnd.refresh_from_db()
     started_job.refresh_from_db()
     assert rnd.status == Round.Status.FAILED and started_job.status == Job.Status.FAILED
@@ -659,7 +679,7 @@ def test_watchdog_redrives_an_overdue_round(started_job, queued_tasks):
 
 
 def test_watchdog_redrives_a_round_stuck_aggregating_and_a_job_stuck_queued(started_job, job, make_job, settings,
-                                                                           queued_tasks):
+                                                                           queued_tasks, django_capture_on_commit_callbacks):
     settings.FLPORTAL_STUCK_AFTER_S = 60
     rnd = open_round(started_job)
     round_transition(rnd, Round.Status.AGGREGATING)
@@ -668,10 +688,10 @@ def test_watchdog_redrives_a_round_stuck_aggregating_and_a_job_stuck_queued(star
     job_launch(job=queued)
     Job.objects.filter(pk=queued.pk).update(queued_at=timezone.now() - timedelta(seconds=61))
 
-    done = watchdog_sweep()
+    done = sweep(django_capture_on_commit_callbacks)
 
-    assert done["aggregating"] == [rnd.pk] and queued_tasks["round_close_task"].calls == [(rnd.pk,)]
-    assert done["queued"] == [queued.pk] and queued_tasks["job_start_task"].calls == [(queued.pk,)]
+    assert done["aggregating"] == [rnd.pk] and queued_tasks.args("round_close_task") == [(rnd.pk,)]
+    assert done["queued"] == [queued.pk] and queued_tasks.args("job_start_task") == [(queued.pk,)]
     assert done["failed"] == []
 
 
@@ -702,7 +722,7 @@ def test_a_round_whose_aggregation_keeps_failing_ends_the_job(started_job, nodes
     settings.FLPORTAL_STUCK_AFTER_S = 60
     for _ in range(4):  # the first attempt, then the watchdog's re-drives
         try:
-            REAL_ROUND_CLOSE_TASK(train.pk)
+            tasks.round_close_task(train.pk)
         except OSError:
             pass
         Round.objects.filter(pk=train.pk).update(aggregating_at=timezone.now() - timedelta(seconds=61))

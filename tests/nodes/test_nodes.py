@@ -11,11 +11,10 @@ from django.apps import apps
 from django.core.management import call_command
 from django.utils import timezone
 
-from flportal.errors import ValidationFailed
+from core.errors import ValidationFailed
 from nodes.models import Node
 from nodes.selectors import node_for_token
-from nodes.services import (agent_key_for, node_heartbeat, node_register, node_set_enabled,
-                            nodes_mark_stale_offline)
+from nodes.services import agent_key_for, node_heartbeat, node_register, node_set_enabled, nodes_mark_stale_offline
 from tests.conftest import BREAST_CANCER, create_job, register_node
 
 pytestmark = pytest.mark.django_db

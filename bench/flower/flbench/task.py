@@ -1,5 +1,5 @@
 """The local work of a Flower baseline client: the very same model, data split and
-training code as an flportal trainer (``jobs.fl``, plain PyTorch without Django), so
+training code as an flportal trainer (``fl``, plain PyTorch without Django), so
 the two stacks differ only in their framework cost. ``PYTHONPATH`` must hold the
 repository root. Runs under bench/.venv only."""
 import time
@@ -7,8 +7,8 @@ import time
 import numpy as np
 import torch
 
-from jobs.fl import data as fl_data
-from jobs.fl import networks, training
+from fl import data as fl_data
+from fl import networks, training
 
 MODEL = "logreg"
 MODEL_PARAMS = {"in_features": 64, "num_classes": 10}
@@ -30,7 +30,7 @@ class Site:
             X, y, val_fraction=VAL_FRACTION, seed=SEED)
 
     def train(self, state: dict, server_round: int) -> tuple[dict, int, dict]:
-        """As nodes.agent.local.LocalSite.train: train one epoch, then evaluate on the
+        """As agent.local.LocalSite.train: train one epoch, then evaluate on the
         validation split; ``compute_s`` covers both (perf_counter, in this process)."""
         model = networks.build_model(MODEL, MODEL_PARAMS, seed=SEED)
         model.load_state_dict(state)

@@ -73,16 +73,17 @@ class Command(BaseCommand):
                     m = self.final_metrics = rnd["evaluation"]
                     self.stdout.write(f"round {rnd['number']}/{job['spec']['rounds']}: validation accuracy "
                                       f"{m.get('accuracy', float('nan')):.4f}  loss {m.get('loss', float('nan')):.4f}"
-                                      f"  ({int(m.get('num_nodes', 0))} nodes, {int(m.get('num_examples', 0))} examples)")
+                                      f"  ({int(m.get('num_nodes', 0))} nodes, "
+                                      f"{int(m.get('num_examples', 0))} examples)")
         return show
 
     def _finish(self, job: dict) -> None:
         if job["status"] == "succeeded":
             m = self.final_metrics
             self.stdout.write(self.style.SUCCESS(
-                f"Job #{job['id']} succeeded: {job['status_reason']}. Final model (round {job['final_model']['round']}, "
-                f"sha256 {job['final_model']['sha256'][:12]}...): validation accuracy {m.get('accuracy', float('nan')):.4f}, "
-                f"loss {m.get('loss', float('nan')):.4f}"))
+                f"Job #{job['id']} succeeded: {job['status_reason']}. "
+                f"Final model (round {job['final_model']['round']}, sha256 {job['final_model']['sha256'][:12]}...): "
+                f"validation accuracy {m.get('accuracy', float('nan')):.4f}, loss {m.get('loss', float('nan')):.4f}"))
             return
         self.stderr.write(f"Job #{job['id']} {job['status']}: {job['status_reason']}")
         raise SystemExit(1)

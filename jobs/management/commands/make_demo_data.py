@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.fl.data import write_partitions
+from fl.data import write_partitions
 
 
 class Command(BaseCommand):

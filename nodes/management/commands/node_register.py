@@ -3,7 +3,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from flportal.errors import ValidationFailed
+from core.errors import ValidationFailed
 from nodes.services import node_register
 
 
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Node {creds.node.name} registered; its agent is called at {creds.node.agent_url}.\n"
                           f"Start the agent at the site with (shown once, keep them secret):\n"
                           f"  FLPORTAL_NODE_TOKEN={creds.token} \\\n  FLPORTAL_AGENT_KEY={creds.agent_key} \\\n"
-                          f"  python -m nodes.agent --portal <portal URL> --name {creds.node.name} --data-dir <dir>")
+                          f"  python -m agent --portal <portal URL> --name {creds.node.name} --data-dir <dir>")
 
 
 def _json_dump(data) -> str:

@@ -1,0 +1,28 @@
+"""The node-facing endpoint of the nodes app (docs/PROTOCOL.md, section 1): the
+heartbeat. Thin: authenticate the node, parse, call the service, answer JSON."""
+import json
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from core.errors import InvalidNodeRequest
+from core.node_api import domain_errors, json_body
+from nodes.auth import node_required
+from nodes.services import node_heartbeat
+
+
+@csrf_exempt
+@require_POST
+@node_required
+@domain_errors
+def heartbeat(request):
+    body = json_body(request)
+    datasets, resources = body.get("datasets", []), body.get("resources", {})
+    if not isinstance(datasets, list) or not isinstance(resources, dict) or len(json.dumps(body)) > 65536:
+        raise InvalidNodeRequest("datasets must be a list and resources an object (64 KiB at most)")
+    node = node_heartbeat(node=request.node, version=str(body.get("version", "")), datasets=datasets,
+                          resources=resources)
+    return JsonResponse({"status": "ok", "node": node.name,
+                         "heartbeat_interval_s": settings.FLPORTAL_HEARTBEAT_INTERVAL_S})
