@@ -78,7 +78,7 @@ def _wait_seconds(request) -> float:
 
 
 @require_GET
-@async_node_required
+@async_node_required(disabled_ok=True)  # a disabled node's trainer is told `end`
 async def task(request, job_id: int):
     """Long poll: answers at once unless the task is `wait`; then waits up to `wait`
     seconds for a wake-up of the job (jobs/long_poll.py, `_wait_for_task`)."""

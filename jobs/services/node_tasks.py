@@ -27,21 +27,26 @@ def node_task(*, job_id: int, node: Node) -> tuple[dict, int]:
     task that arrives later (a wake-up) for a round up to that one is not for this node
     any more (it answered it, or was not selected), since round ids grow.
 
+    A disabled node is told `end` (read from the database each time: a long poll that
+    began before the node was disabled learns it at its next read).
+
     One query when there is work (an open round implies a running job: ending a job
     fails its open rounds in the same transaction), two otherwise."""
     rnd = next(iter(Round.objects.select_related("job", "model_version")
-                    .filter(job_id=job_id, status=Round.Status.OPEN, selected=node).exclude(updates__node=node)
-                    .order_by()[:1]), None)  # one open round per job at a time
+                    .filter(job_id=job_id, status=Round.Status.OPEN, selected=node, selected__enabled=True)
+                    .exclude(updates__node=node).order_by()[:1]), None)  # one open round per job at a time
     if rnd is not None:
         return round_task(rnd.job, rnd), rnd.pk
     job = next(iter(Job.objects.filter(pk=job_id, job_nodes__node=node).order_by()
-                    .annotate(latest=Max("rounds_set__id")).values_list("status", "status_reason", "latest")[:1]),
-               None)
+                    .annotate(latest=Max("rounds_set__id"))
+                    .values_list("status", "status_reason", "latest", "job_nodes__node__enabled")[:1]), None)
     if job is None:
         raise NotFound(f"node {node.name} takes no part in job {job_id}")
-    status, reason, latest = job
+    status, reason, latest, enabled = job
     if status in Job.TERMINAL:
         return {"action": "end", "reason": f"job {status}" + (f": {reason}" if reason else "")}, latest or 0
+    if not enabled:
+        return {"action": "end", "reason": f"node {node.name} is disabled by the portal's administrators"}, latest or 0
     return dict(WAIT), latest or 0
 
 
