@@ -170,9 +170,9 @@ def endpoints(data: dict, user: str) -> list[tuple[str, str, tuple | None]]:
     big, small, last = data["job"], data["small_job"], data["jobs"] - 50
     per_job = [("page", "/jobs/{}/"), ("api", "/api/v1/jobs/{}/"),
                ("api", "/api/v1/jobs/{}/rounds/"), ("api", "/api/v1/jobs/{}/rounds/?offset=%d"),
-               ("api", "/api/v1/jobs/{}/rounds/?limit=%d" % MAX_LIMIT["rounds"]),
+               ("api", "/api/v1/jobs/{}/rounds/?limit=" + str(MAX_LIMIT["rounds"])),
                ("api", "/api/v1/jobs/{}/metrics/"), ("api", "/api/v1/jobs/{}/metrics/?offset=%d"),
-               ("api", "/api/v1/jobs/{}/metrics/?limit=%d" % MAX_LIMIT["metrics"]),
+               ("api", "/api/v1/jobs/{}/metrics/?limit=" + str(MAX_LIMIT["metrics"])),
                ("api", "/api/v1/jobs/{}/metrics/?name=val_accuracy&node=aggregate"),
                ("api", "/api/v1/jobs/{}/events/"), ("api", "/api/v1/jobs/{}/models/"),
                ("api", "/api/v1/jobs/{}/cross-site/")]
@@ -194,8 +194,8 @@ def endpoints(data: dict, user: str) -> list[tuple[str, str, tuple | None]]:
 # the largest page each paginated endpoint gives (jobs/apis.py: Page, RoundPage, MetricPage)
 MAX_LIMIT = {"jobs": 200, "rounds": 100, "metrics": 1000}
 # readers that want everything follow `next`: what that costs, at the default and the largest page
-ALL_PAGES = ["/api/v1/jobs/{}/rounds/", "/api/v1/jobs/{}/rounds/?limit=%d" % MAX_LIMIT["rounds"],
-             "/api/v1/jobs/{}/metrics/?limit=%d" % MAX_LIMIT["metrics"]]
+ALL_PAGES = ["/api/v1/jobs/{}/rounds/", "/api/v1/jobs/{}/rounds/?limit=" + str(MAX_LIMIT["rounds"]),
+             "/api/v1/jobs/{}/metrics/?limit=" + str(MAX_LIMIT["metrics"])]
 
 
 async def measure(bench: BenchStack, jobs: int, requests: int, profile: str | None) -> tuple[list[dict], dict]:

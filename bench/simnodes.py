@@ -392,7 +392,7 @@ class PrivatePostgres:
                 return
             except psycopg.Error:
                 if time.monotonic() > end or self.process.poll() is not None:
-                    raise RuntimeError(f"private PostgreSQL did not start; see {self.dir / 'postgres.log'}")
+                    raise RuntimeError(f"private PostgreSQL did not start; see {self.dir / 'postgres.log'}") from None
                 time.sleep(0.2)
 
     def __exit__(self, *exc):

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -68,7 +69,7 @@ def main() -> int:
     start_server(server_address=f"127.0.0.1:{opts.port}", config=ServerConfig(num_rounds=opts.rounds),
                  strategy=strategy)
     rounds = [strategy.rounds[k] for k in sorted(strategy.rounds)]
-    for this, following in zip(rounds, rounds[1:]):
+    for this, following in pairwise(rounds):
         this["end"] = following["start"]  # the round period: everything until the next round starts
     Path(opts.out).write_text(json.dumps({"started": started, "rounds": rounds}))
     return 0

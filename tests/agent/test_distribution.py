@@ -18,8 +18,8 @@ def site_env(tmp_path_factory) -> Path:
     """A fresh virtual environment (outside the checkout) with the agent's wheel installed."""
     root = tmp_path_factory.mktemp("site")
     wheels = root / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO_ROOT / "agent")],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+                    str(REPO_ROOT / "agent")], check=True, capture_output=True, timeout=600)
     venv.create(root / "venv", with_pip=True)
     python = root / "venv" / "bin" / "python"
     (wheel,) = wheels.glob("flportal_agent-*.whl")

@@ -32,7 +32,10 @@ class FakeClock:
         return self.now
 
 
-def flaky(failures: int, result="ok", error=PortalUnavailable("down")):
+DOWN = PortalUnavailable("down")
+
+
+def flaky(failures: int, result="ok", error=DOWN):
     calls = []
 
     def fn():

@@ -37,7 +37,7 @@ def child_pid(runs: RunManager, run) -> int:
 @pytest.mark.parametrize("mode,returncode", [("both", -signal.SIGKILL), ("child", -signal.SIGTERM)])
 def test_stop_leaves_nothing_of_the_process_group(tmp_path, mode, returncode):
     runs = manager(tmp_path, mode)
-    run, created = runs.start(5, "data")
+    run, _created = runs.start(5, "data")
     child = child_pid(runs, run)
     started = time.monotonic()
     runs.stop(run)

@@ -106,7 +106,7 @@ def test_trainer_refuses_a_checksum_mismatch_and_downloads_again(scripted_run):
 
 
 def test_trainer_uploads_a_valid_update(scripted_run, site_data):
-    _, output, portal = scripted_run
+    _, _output, portal = scripted_run
     accepted = [u for u in portal.uploads if u.status == 201]
     assert [u.round_id for u in accepted] == [11]
     update = load_state_dict(accepted[0].body)
@@ -180,7 +180,7 @@ def test_trainer_evaluates_first_and_sends_the_evaluation_with_the_update(folded
 
 
 def test_trainer_uses_the_model_inside_the_task_and_downloads_a_damaged_one(folded_run):
-    _, output, portal = folded_run
+    _, _output, portal = folded_run
     assert portal.downloads == [(2, False)]  # round 2 downloaded nothing; round 3's copy did not match
 
 

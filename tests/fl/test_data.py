@@ -55,7 +55,7 @@ def test_csv_and_format_refusals_are_clear(tmp_path, name, content, words):
 
 def test_npz_refusals_are_clear(tmp_path):
     np.savez(tmp_path / "nokeys.npz", features=np.zeros((2, 2)))
-    with pytest.raises(ValueError, match="missing array.*X, y.*found: features"):
+    with pytest.raises(ValueError, match=r"missing array.*X, y.*found: features"):
         load_dataset(tmp_path / "nokeys.npz")
     np.savez(tmp_path / "strings.npz", X=np.array([["a", "b"]]), y=np.array([0]))
     with pytest.raises(ValueError, match="must be numeric"):
@@ -64,7 +64,7 @@ def test_npz_refusals_are_clear(tmp_path):
     with pytest.raises(ValueError, match=r"expected X of shape \(n, features\)"):
         load_dataset(tmp_path / "flat.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk" * 10)
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match=r"not a readable \.npz"):
         load_dataset(tmp_path / "junk.npz")
     with pytest.raises(ValueError, match="not found"):
         load_dataset(tmp_path / "absent.npz")
@@ -90,7 +90,7 @@ def test_train_val_split_is_deterministic_and_disjoint():
     other = train_val_split(X, y, val_fraction=0.3, seed=2)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[3], other[3])
-    X_tr, y_tr, X_val, y_val = first
+    X_tr, y_tr, _X_val, y_val = first
     assert len(y_val) == 3 and sorted(y_tr.tolist() + y_val.tolist()) == list(range(10))
     assert np.array_equal(X_tr[:, 0] / 2, y_tr)  # rows stay with their labels
     with pytest.raises(ValueError):

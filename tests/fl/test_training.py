@@ -97,7 +97,7 @@ def test_evaluate_matches_hand_computation():
 
 
 def test_labels_beyond_model_outputs_are_refused_plainly(cancer_split):
-    X_tr, y_tr, _, _ = cancer_split
+    X_tr, _y_tr, _, _ = cancer_split
     with pytest.raises(ValueError, match="labels go up to 5"):
         train(logreg(), X_tr[:10], np.full(10, 5))
     with pytest.raises(ValueError, match="labels go up to 5"):

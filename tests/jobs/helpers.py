@@ -16,7 +16,8 @@ def model_state(version: ModelVersion) -> dict[str, torch.Tensor]:
 def perturbed(rnd: Round, seed: int) -> dict[str, torch.Tensor]:
     """The round's model plus seeded noise (a plausible local update)."""
     gen = torch.Generator().manual_seed(seed)
-    return {name: t + torch.randn(t.shape, generator=gen, dtype=t.dtype) for name, t in model_state(rnd.model_version).items()}
+    return {name: t + torch.randn(t.shape, generator=gen, dtype=t.dtype)
+            for name, t in model_state(rnd.model_version).items()}
 
 
 def update_bytes(state: dict[str, torch.Tensor]) -> bytes:

@@ -256,7 +256,7 @@ def test_rounds_are_paginated_and_each_page_has_its_own_metrics(api_client, fini
     for offset in range(count):  # one round a page: the same rounds, with the same updates and metrics
         body = api_client.get(url, {"limit": 1, "offset": offset}).json()
         assert body["count"] == count and body["results"] == everything["results"][offset:offset + 1]
-        assert ("offset=%d" % (offset + 1) in body["next"]) if offset + 1 < count else body["next"] is None
+        assert (f"offset={offset + 1}" in body["next"]) if offset + 1 < count else body["next"] is None
         assert (body["previous"] is None) == (offset == 0)
     train = api_client.get(url, {"limit": 1}).json()["results"][0]
     assert (train["number"], train["kind"]) == (1, "train") and len(train["updates"]) == 3
@@ -294,7 +294,8 @@ def test_metrics_pages_together_are_every_point_once_in_order(api_client, finish
 
 
 @pytest.mark.parametrize(("path", "page_class"), [
-    ("/api/v1/jobs/{id}/rounds/", "RoundPage"), ("/api/v1/jobs/{id}/metrics/", "MetricPage"), ("/api/v1/jobs/", "Page")])
+    ("/api/v1/jobs/{id}/rounds/", "RoundPage"), ("/api/v1/jobs/{id}/metrics/", "MetricPage"),
+    ("/api/v1/jobs/", "Page")])
 def test_a_limit_above_the_maximum_is_capped_and_the_rest_follows(api_client, finished_round_job, make_job, monkeypatch,
                                                                   path, page_class):
     from jobs import apis

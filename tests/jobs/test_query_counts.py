@@ -26,9 +26,11 @@ from tests.jobs.helpers import close, open_round, submit_eval, submit_train
 pytestmark = pytest.mark.django_db
 
 JOB_LISTS = ["/", "/api/v1/jobs/", "/api/v1/jobs/?status=succeeded", "/api/v1/jobs/?limit=1&offset=1"]
-PER_JOB = ["/jobs/{id}/", "/api/v1/jobs/{id}/", "/api/v1/jobs/{id}/rounds/", "/api/v1/jobs/{id}/rounds/?limit=3&offset=2",
+PER_JOB = ["/jobs/{id}/", "/api/v1/jobs/{id}/", "/api/v1/jobs/{id}/rounds/",
+           "/api/v1/jobs/{id}/rounds/?limit=3&offset=2",
            "/api/v1/jobs/{id}/metrics/", "/api/v1/jobs/{id}/metrics/?limit=7&offset=7",
-           "/api/v1/jobs/{id}/metrics/?node=aggregate&name=train_loss", "/api/v1/jobs/{id}/metrics/?node=site-b&phase=fit",
+           "/api/v1/jobs/{id}/metrics/?node=aggregate&name=train_loss",
+           "/api/v1/jobs/{id}/metrics/?node=site-b&phase=fit",
            "/api/v1/jobs/{id}/events/", "/api/v1/jobs/{id}/events/?after=3", "/api/v1/jobs/{id}/models/",
            "/api/v1/jobs/{id}/cross-site/"]
 NODE_LISTS = ["/nodes/", "/api/v1/nodes/"]
@@ -102,7 +104,8 @@ def nodes(db):
 def assert_same_cost(small, large, urls) -> None:
     """`urls` ({id} filled with each world's job) cost as many queries in both worlds."""
     (small_user, small_id), (large_user, large_id) = small, large
-    costs = {url: (count_queries(small_user, url.format(id=small_id)), count_queries(large_user, url.format(id=large_id)))
+    costs = {url: (count_queries(small_user, url.format(id=small_id)),
+                   count_queries(large_user, url.format(id=large_id)))
              for url in urls}
     assert all(a == b for a, b in costs.values()), {url: cost for url, cost in costs.items() if cost[0] != cost[1]}
 

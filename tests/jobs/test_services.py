@@ -452,7 +452,8 @@ def test_round_close_is_idempotent(started_job, nodes3, tmp_path):
     assert (ModelVersion.objects.count(), MetricPoint.objects.count(), Round.objects.count()) == counts
 
 
-def test_update_submit_refuses_stale_and_unselected_and_repeats_duplicates(make_started_job, make_node, nodes3, tmp_path):
+def test_update_submit_refuses_stale_and_unselected_and_repeats_duplicates(make_started_job, make_node, nodes3,
+                                                                           tmp_path):
     job = make_started_job(clients_per_round=2)
     train = open_round(job)
     chosen = list(train.selected.all())
@@ -479,7 +480,7 @@ def test_round_deadline_before_the_deadline_does_nothing(started_job):
 def test_round_deadline_with_enough_updates_closes_and_records_the_dropped(make_started_job, nodes3, tmp_path):
     job = make_started_job(clients_required=2)
     train = open_round(job)
-    a, b, c = (cr.node for cr in nodes3)
+    a, _b, c = (cr.node for cr in nodes3)
     states = [submit_train(train, node, tmp_path, seed=i, num_examples=n)[2] for i, (node, n) in
               enumerate([(a, 40), (c, 60)])]
     train.refresh_from_db()
@@ -679,7 +680,8 @@ def test_watchdog_redrives_an_overdue_round(started_job, queued_tasks, django_ca
 
 
 def test_watchdog_redrives_a_round_stuck_aggregating_and_a_job_stuck_queued(started_job, job, make_job, settings,
-                                                                           queued_tasks, django_capture_on_commit_callbacks):
+                                                                           queued_tasks,
+                                                                           django_capture_on_commit_callbacks):
     settings.FLPORTAL_STUCK_AFTER_S = 60
     rnd = open_round(started_job)
     round_transition(rnd, Round.Status.AGGREGATING)
@@ -743,7 +745,8 @@ def test_a_round_that_evaluated_first_and_fails_still_aggregates_the_evaluation_
     close(train)
     second = open_round(job)
     for i, cr in enumerate(nodes3[:2]):  # site-c never answers
-        submit_train(second, cr.node, tmp_path, seed=5 + i, num_examples=10, evaluation=(20 * (i + 1), {"loss": 0.1 * (i + 1)}))
+        submit_train(second, cr.node, tmp_path, seed=5 + i, num_examples=10,
+                     evaluation=(20 * (i + 1), {"loss": 0.1 * (i + 1)}))
     if ending == "deadline":
         time_travel_deadline(second)
         assert round_deadline(round_id=second.pk) is False

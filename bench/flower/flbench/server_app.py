@@ -3,6 +3,7 @@ with federated evaluation every round, timed like legacy_server.py. Writes the r
 times and the clients' reported compute to run_config["out-path"] after every round."""
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -26,7 +27,7 @@ class TimedFedAvg(FedAvg):
         if not self.out:
             return
         rounds = [dict(self.rounds[k]) for k in sorted(self.rounds) if "end" in self.rounds[k]]
-        for this, following in zip(rounds, rounds[1:]):
+        for this, following in pairwise(rounds):
             this["end"] = following["start"]
         tmp = Path(self.out + ".tmp")
         tmp.write_text(json.dumps({"started": self.started, "rounds": rounds}))
