@@ -102,12 +102,22 @@ def _clean_value(field: str, spec: dict, value: Any) -> Any:
     return cleaned
 
 
+#: Bounds of any number a parameter may hold, whatever its schema: what a float64, a
+#: JSON client and a torch module's sizes can all take (a schema bounds most far tighter).
+MAX_ABS_INT = 2**53
+MAX_ABS_FLOAT = 1e12
+
+
 def _as_scalar(field: str, kind: str, value: Any) -> Any:
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_ABS_INT:
+            raise ParamError(field, f"must be between -2**53 and 2**53, got {_describe(value)}")
         return int(value)
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ParamError(field, f"must be a finite number, got {value!r}")
+        if abs(value) > MAX_ABS_FLOAT:
+            raise ParamError(field, f"must be between -{MAX_ABS_FLOAT:g} and {MAX_ABS_FLOAT:g}, got {_describe(value)}")
         return float(value)
     if kind == "bool" and isinstance(value, bool):
         return value
@@ -122,6 +132,8 @@ def _as_int_list(field: str, value: Any) -> list[int]:
     for item in value:
         if not isinstance(item, int) or isinstance(item, bool):
             raise ParamError(field, f"must be a list of integers, got item {_describe(item)}")
+        if abs(item) > MAX_ABS_INT:
+            raise ParamError(field, f"items must be between -2**53 and 2**53, got {_describe(item)}")
     return [int(item) for item in value]
 
 

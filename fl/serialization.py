@@ -118,6 +118,7 @@ def validate_update_file(path: str | os.PathLike, spec: TensorSpec) -> None:
     round trip). Raises InvalidUpdate when the file is unreadable, names are missing or
     unexpected, a shape or dtype differs, or a floating tensor holds NaN or Inf.
     """
+    _check_header_size(path, len(spec))
     try:
         handle = safe_open(str(path), framework="pt", backend="pread")
     except (SafetensorError, OSError) as exc:
@@ -129,6 +130,33 @@ def validate_update_file(path: str | os.PathLike, spec: TensorSpec) -> None:
     floating = [name for name, (_, dtype) in spec.items() if dtype in _FLOAT_DTYPES]
     if floating:
         _check_finite_blocks(path, floating)
+
+
+#: An update's header: its tensors' entries (about 100 bytes each) and a small
+#: ``__metadata__`` (ours is ``{"format": "pt"}``); anything larger is refused unread.
+HEADER_BYTES_PER_TENSOR = 512
+MAX_METADATA_BYTES = 4096
+
+
+def _check_header_size(path: str | os.PathLike, n_tensors: int) -> None:
+    """Raise InvalidUpdate for a header larger than its tensors need, or a
+    ``__metadata__`` over MAX_METADATA_BYTES (it would be stored with the update)."""
+    limit = MAX_METADATA_BYTES + HEADER_BYTES_PER_TENSOR * max(n_tensors, 1)
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise InvalidUpdate("unreadable safetensors: shorter than its 8-byte header length")
+        size = struct.unpack("<Q", prefix)[0]
+        if size > limit:
+            raise InvalidUpdate(f"unreadable safetensors: a header of {size} bytes exceeds the {limit} bytes "
+                                f"{n_tensors} tensors need")
+        try:
+            header = json.loads(fh.read(size))
+        except (ValueError, RecursionError) as exc:
+            raise InvalidUpdate(f"unreadable safetensors header: {exc}") from exc
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if metadata is not None and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidUpdate(f"safetensors __metadata__ exceeds {MAX_METADATA_BYTES} bytes")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

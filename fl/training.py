@@ -243,7 +243,7 @@ def _cuda_indices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-_LR = {"type": "float", "min": 0.0, "min_exclusive": True, "help": "learning rate"}
+_LR = {"type": "float", "min": 0.0, "min_exclusive": True, "max": 10.0, "help": "learning rate"}
 _BETA = {"type": "float", "min": 0.0, "max": 1.0, "max_exclusive": True}
 _DECAY = {"type": "float", "min": 0.0, "help": "weight decay (L2 penalty)"}
 

@@ -11,4 +11,8 @@ urlpatterns = [
     path("", include("nodes.urls")),
 ]
 
+# JSON `{"error", "message"}` under /api/ (docs/PROTOCOL.md), Django's pages elsewhere
+handler400 = "core.errors.bad_request"
+handler403 = "core.errors.permission_denied"
+handler404 = "core.errors.page_not_found"
 handler500 = "core.errors.server_error"

@@ -6,18 +6,27 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import ValidationFailed
+from core.parsing import query_choice, query_int
 from core.responses import ArtifactResponse
 from fl.catalog import catalog
 from jobs import selectors, serializers
+from jobs.models import Job, MetricPoint
 from jobs.services import artifacts
 from jobs.services.jobs import job_cancel, job_create, job_launch
 
 
 class Page(LimitOffsetPagination):
     """`?limit=&offset=` → {"count", "next", "previous", "results"}; `limit` defaults to
-    PAGE_SIZE (50) and is capped at `max_limit`, so no answer grows with the data."""
+    PAGE_SIZE (50) and is capped at `max_limit`, so no answer grows with the data. A
+    limit or offset that is not a plain integer (limit ≥ 1, offset ≥ 0) is a 400."""
 
     max_limit = 200
+
+    def get_limit(self, request):
+        return query_int(request, self.limit_query_param, default=self.default_limit, low=1, high=self.max_limit)
+
+    def get_offset(self, request):
+        return query_int(request, self.offset_query_param, default=0, low=0)
 
 
 class RoundPage(Page):
@@ -30,7 +39,7 @@ class MetricPage(Page):
 
 class JobListApi(APIView):
     def get(self, request):
-        jobs = selectors.job_list_for_user(request.user, status=request.query_params.get("status"))
+        jobs = selectors.job_list_for_user(request.user, status=query_choice(request, "status", Job.Status.values))
         paginator = Page()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(serializers.JobSerializer(page, many=True).data)
@@ -86,7 +95,9 @@ class JobMetricsApi(APIView):
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(request.user, job_id)
         q = request.query_params
-        points = selectors.job_metrics(job, name=q.get("name"), phase=q.get("phase"), node=q.get("node"))
+        points = selectors.job_metrics(job, name=q.get("name"), phase=query_choice(request, "phase",
+                                                                                    MetricPoint.Phase.values),
+                                       node=q.get("node"))
         paginator = MetricPage()
         page = paginator.paginate_queryset(points, request, view=self)
         return paginator.get_paginated_response(serializers.MetricPointSerializer(page, many=True).data)
@@ -95,10 +106,7 @@ class JobMetricsApi(APIView):
 class JobEventsApi(APIView):
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(request.user, job_id)
-        try:
-            after = int(request.query_params.get("after", 0))
-        except ValueError:
-            after = 0
+        after = query_int(request, "after", default=0, low=0)
         return Response(serializers.JobEventSerializer(selectors.job_events(job, after_id=after), many=True).data)
 
 

@@ -24,3 +24,7 @@ class InvalidUpdateError(InvalidNodeRequest):
 
 class UpdateTooLarge(TooLarge):
     pass
+
+
+class LogQuotaExceeded(TooLarge):
+    code = "log_quota"

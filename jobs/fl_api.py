@@ -3,7 +3,6 @@ parse, call one service, answer JSON. Domain errors become JSON errors here."""
 import asyncio
 import functools
 import hashlib
-import json
 import math
 import os
 import time
@@ -13,10 +12,10 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
 from core.errors import DomainError, NotFound, error_response
-from core.node_api import domain_errors, json_body
+from core.node_api import domain_errors, json_body, require_methods
+from core.parsing import parse_int, parse_json
 from core.responses import ArtifactResponse
 from fl.serialization import InvalidUpdate, validate_update_file
 from jobs import long_poll
@@ -77,7 +76,7 @@ def _wait_seconds(request) -> float:
     return min(max(wait, 0.0), settings.FLPORTAL_TASK_LONG_POLL_MAX_S)
 
 
-@require_GET
+@require_methods("GET")
 @async_node_required(disabled_ok=True)  # a disabled node's trainer is told `end`
 async def task(request, job_id: int):
     """Long poll: answers at once unless the task is `wait`; then waits up to `wait`
@@ -138,7 +137,7 @@ async def _submit_and_wait(request, round_id: int, kind: str, store) -> JsonResp
     return _accepted(update, created=created, next_task=answer)
 
 
-@require_GET
+@require_methods("GET")
 @node_required
 @domain_errors
 def model_download(request, job_id: int, version: int):
@@ -156,7 +155,7 @@ def _file_response(path: str, sha256: str, size: int) -> ArtifactResponse:
 
 
 @csrf_exempt
-@require_POST
+@require_methods("POST")
 @async_node_required
 async def update_upload(request, round_id: int):
     """Weights of a train round (with the evaluation of the model it started from, when
@@ -186,13 +185,8 @@ def _store_update(request, facts) -> tuple:
 
 
 def _update_headers(request) -> tuple[int, dict]:
-    try:
-        num_examples = int(request.headers.get("X-Num-Examples", ""))
-        metrics = json.loads(request.headers.get("X-Metrics") or "{}")
-    except ValueError as exc:
-        raise InvalidUpdateError("X-Num-Examples must be an integer and X-Metrics a JSON object") from exc
-    check_num_examples(num_examples, "X-Num-Examples")
-    return num_examples, clean_metrics(metrics)
+    num_examples = _header_int(request, "X-Num-Examples")
+    return num_examples, clean_metrics(_header_json(request, "X-Metrics", "{}"), "X-Metrics")
 
 
 def _evaluation_headers(request) -> tuple[int, dict] | None:
@@ -200,14 +194,27 @@ def _evaluation_headers(request) -> tuple[int, dict] | None:
     sent = [name for name in ("X-Eval-Examples", "X-Eval-Metrics") if name in request.headers]
     if not sent:
         return None
-    try:
-        num_examples = int(request.headers["X-Eval-Examples"])
-        metrics = json.loads(request.headers["X-Eval-Metrics"])
-    except (KeyError, ValueError) as exc:
+    if len(sent) == 1:
         raise InvalidUpdateError("an evaluation needs X-Eval-Examples (an integer) and X-Eval-Metrics "
-                                 f"(a JSON object); got {', '.join(sent)}") from exc
-    check_num_examples(num_examples, "X-Eval-Examples")
-    return num_examples, clean_metrics(metrics, "X-Eval-Metrics")
+                                 f"(a JSON object); got {sent[0]} only", field=sent[0])
+    num_examples = _header_int(request, "X-Eval-Examples")
+    return num_examples, clean_metrics(_header_json(request, "X-Eval-Metrics"), "X-Eval-Metrics")
+
+
+def _header_int(request, name: str) -> int:
+    """A header's positive integer (plain decimal digits); raises InvalidUpdateError."""
+    try:
+        value = parse_int(request.headers.get(name))
+    except ValueError as exc:
+        raise InvalidUpdateError(f"{name}: must be an integer (decimal digits only)", field=name) from exc
+    return check_num_examples(value, name)
+
+
+def _header_json(request, name: str, default: str | None = None):
+    try:
+        return parse_json(request.headers.get(name) or default or "")
+    except ValueError as exc:
+        raise InvalidUpdateError(f"{name}: must be a JSON object ({exc})", field=name) from exc
 
 
 def _check_length(request) -> None:
@@ -246,7 +253,7 @@ def _accepted(update, *, created: bool, next_task: dict | None = None) -> JsonRe
 
 
 @csrf_exempt
-@require_POST
+@require_methods("POST")
 @async_node_required
 async def evaluation(request, round_id: int):
     """Metrics of an evaluate round; `?wait=` also answers the next task."""
@@ -261,7 +268,7 @@ def _store_evaluation(request, facts) -> tuple:
                          metrics=clean_metrics(body.get("metrics")), checked=facts)
 
 
-@require_GET
+@require_methods("GET")
 @node_required
 @domain_errors
 def cross_site_model_download(request, round_id: int, source: str):
@@ -271,7 +278,7 @@ def cross_site_model_download(request, round_id: int, source: str):
 
 
 @csrf_exempt
-@require_POST
+@require_methods("POST")
 @node_required
 @domain_errors
 def cross_site(request, round_id: int):
@@ -284,7 +291,7 @@ def cross_site(request, round_id: int):
 
 
 @csrf_exempt
-@require_POST
+@require_methods("POST")
 @node_required
 @domain_errors
 def logs(request, job_id: int):

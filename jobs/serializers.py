@@ -3,14 +3,32 @@ from rest_framework import serializers
 from jobs.models import Job, JobEvent, MetricPoint, ModelVersion, Round
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """JSON's true and false only (DRF's BooleanField also takes "yes", "on", 1...)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid", input=data)
+
+
 class JobCreateSerializer(serializers.Serializer):
-    """Shape only; every value is validated by jobs.services (against the catalog)."""
+    """Shape only; every value is validated by jobs.services (against the catalog). A key
+    it does not know (`owner`, `status`, `id`...) is refused, not ignored."""
 
     name = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
-    nodes = serializers.ListField(child=serializers.CharField(max_length=64), allow_empty=False)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    nodes = serializers.ListField(child=serializers.CharField(max_length=64), allow_empty=False, max_length=1000)
     spec = serializers.DictField(required=False, default=dict)
-    start = serializers.BooleanField(required=False, default=False)
+    start = StrictBooleanField(required=False, default=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields), key=str)
+            if unknown:
+                known = ", ".join(self.fields)
+                raise serializers.ValidationError({str(unknown[0]): [f"unknown field (known: {known})"]})
+        return super().to_internal_value(data)
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):

@@ -5,16 +5,15 @@ import json
 from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from core.errors import InvalidNodeRequest
-from core.node_api import domain_errors, json_body
+from core.node_api import domain_errors, json_body, require_methods
 from nodes.auth import node_required
 from nodes.services import node_heartbeat
 
 
 @csrf_exempt
-@require_POST
+@require_methods("POST")
 @node_required
 @domain_errors
 def heartbeat(request):

@@ -7,8 +7,8 @@ from pathlib import Path
 from django.db import IntegrityError, connection, transaction
 
 from core.errors import NotFound
-from jobs.exceptions import InvalidUpdateError, NotSelected, StaleRound
-from jobs.models import CrossSiteResult, Job, JobNode, MetricPoint, ModelVersion, Round, Update
+from jobs.exceptions import InvalidUpdateError, LogQuotaExceeded, NotSelected, StaleRound
+from jobs.models import CrossSiteResult, Job, JobEvent, JobNode, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 from jobs.services.job_events import job_event_record
 from jobs.services.metrics import metric_points_record
@@ -17,7 +17,13 @@ from jobs.services.rounds import round_close_when_complete, round_lock
 from nodes.models import Node
 
 MAX_METRICS = 64
-MAX_LOG_LINES = 200
+#: A trainer's log reaches the portal in batches: at most 200 lines of 1000 characters
+#: each (about 200 KB), 500 batches per node and job.
+MAX_LOG_LINES, MAX_LOG_LINE, MAX_LOG_BATCHES = 200, 1000, 500
+#: The largest magnitude a metric may have. Bounded at the door so that a round's
+#: weighted aggregate (at most 2**31 - 1 examples a node) cannot overflow to infinity,
+#: which no JSON answer could carry.
+MAX_METRIC_ABS = 1e15
 
 
 @dataclass(frozen=True)
@@ -105,19 +111,24 @@ def check_evaluation(facts: Submission, evaluation) -> None:
 
 
 def clean_metrics(metrics, field: str = "metrics") -> dict[str, float]:
-    """Metric names and finite numbers only; raises InvalidUpdateError otherwise."""
+    """Metric names and finite numbers of at most MAX_METRIC_ABS only; raises
+    InvalidUpdateError otherwise."""
     if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
-        raise InvalidUpdateError(f"{field}: must be an object of at most {MAX_METRICS} name: number pairs")
+        raise InvalidUpdateError(f"{field}: must be an object of at most {MAX_METRICS} name: number pairs",
+                                 field=field)
     out = {}
     for name, value in metrics.items():
         if not isinstance(name, str) or not 0 < len(name) <= 64:
-            raise InvalidUpdateError(f"{field}: names must be strings of 1 to 64 characters")
+            raise InvalidUpdateError(f"{field}: names must be strings of 1 to 64 characters", field=field)
         try:
             number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise InvalidUpdateError(f"{field}.{name}: must be a finite number")
+            raise InvalidUpdateError(f"{field}.{name}: must be a finite number", field=f"{field}.{name}")
+        if abs(number) > MAX_METRIC_ABS:
+            raise InvalidUpdateError(f"{field}.{name}: must be between -{MAX_METRIC_ABS:g} and {MAX_METRIC_ABS:g}",
+                                     field=f"{field}.{name}")
         out[name] = number
     return out
 
@@ -128,7 +139,7 @@ MAX_EXAMPLES = 2**31 - 1
 def check_num_examples(value, field: str) -> int:
     """A positive integer that fits the database column; raises InvalidUpdateError."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_EXAMPLES:
-        raise InvalidUpdateError(f"{field}: must be an integer from 1 to {MAX_EXAMPLES}")
+        raise InvalidUpdateError(f"{field}: must be an integer from 1 to {MAX_EXAMPLES}", field=field)
     return value
 
 
@@ -238,11 +249,18 @@ def clean_cross_site_results(results) -> list[dict]:
 
 
 def logs_append(*, job_id: int, node: Node, lines: list[str]) -> None:
-    """Store a batch of a trainer's log lines as one event."""
+    """Store a batch of a trainer's log lines as one event, while the job has not
+    ended: at most MAX_LOG_LINES lines of at most MAX_LOG_LINE characters (longer ones
+    are cut), MAX_LOG_BATCHES batches per node and job. Raises NotFound, InvalidUpdateError,
+    StaleRound (the job ended: 409) or LogQuotaExceeded (413)."""
     job = Job.objects.filter(pk=job_id, job_nodes__node=node).first()
     if job is None:
         raise NotFound(f"node {node.name} takes no part in job {job_id}")
-    if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
-        raise InvalidUpdateError("lines: must be a list of strings")
-    text = "\n".join(line[:1000] for line in lines[:MAX_LOG_LINES])
-    job_event_record(job=job, kind="log", message=text, node=node)
+    if job.is_terminal:
+        raise StaleRound(f"job {job_id} is {job.status}: it takes no more logs")
+    if (not isinstance(lines, list) or not 0 < len(lines) <= MAX_LOG_LINES
+            or not all(isinstance(x, str) for x in lines)):
+        raise InvalidUpdateError(f"lines: must be a list of 1 to {MAX_LOG_LINES} strings", field="lines")
+    if JobEvent.objects.filter(job=job, node=node, kind="log").count() >= MAX_LOG_BATCHES:
+        raise LogQuotaExceeded(f"node {node.name} has sent the {MAX_LOG_BATCHES} log batches a job takes")
+    job_event_record(job=job, kind="log", message="\n".join(line[:MAX_LOG_LINE] for line in lines), node=node)

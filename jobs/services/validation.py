@@ -66,10 +66,11 @@ def _clean(spec: dict, nodes: list) -> dict:
 def _number(name, value, kind, default, low, high):
     if value is None:
         return default
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or (kind is int and float(value) != int(value))):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value))
+            or (kind is int and isinstance(value, float) and not value.is_integer())):
         raise ParamError(name, f"must be {'an integer' if kind is int else 'a finite number'}")
-    value = kind(value)
+    value = kind(value) if kind is int else float(value) if abs(value) < 1e300 else math.inf
     if (low is not None and value < low) or (high is not None and value > high):
         raise ParamError(name, f"must be between {low} and {high if high is not None else '∞'}")
     return value

@@ -315,12 +315,16 @@ def test_truncated_upload_is_refused(client, rnd, nodes3, good_body):
     ("10", "not json"), ("10", "[1, 2]"), ("10", '"loss"'), ("10", '{"loss": "low"}'), ("10", '{"loss": NaN}'),
     ("10", '{"loss": Infinity}'), ("10", '{"loss": true}'), ("10", '{"": 1}'), ("10", json.dumps({"x" * 65: 1})),
     ("10", json.dumps({f"m{i}": i for i in range(65)})), ("10", '{"loss": null}'),
+    ("1_000", "{}"), ("+7", "{}"), (" 7", "{}"), ("7 ", "{}"), ("99999999999999999999999", "{}"),
+    ("10", '{"accuracy": 1e308}'), ("10", '{"loss": -1e16}'), ("10", "[" * 100_000 + "]" * 100_000),
+    ("10", '{"loss": ' + "[" * 5000 + "]" * 5000 + "}"),
 ])
 def test_upload_with_bad_headers_is_refused(client, rnd, nodes3, good_body, num_examples, metrics):
     counts = row_counts()
     body = assert_error(upload(client, rnd, nodes3[0], good_body, num_examples=num_examples, metrics=metrics),
                         400, "invalid_update")
-    assert "X-Num-Examples" in body["message"] or "metrics" in body["message"]
+    bad_count = num_examples is None or not num_examples.isdigit() or not 0 < int(num_examples) < 2**31
+    assert body["field"].startswith("X-Num-Examples" if bad_count else "X-Metrics"), body
     assert row_counts() == counts and leftovers(rnd.job) == []
 
 
