@@ -4,7 +4,10 @@ in-process Celery worker and channel layer). See docs/RUNNING.md."""
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
+
+import dj_database_url
+from csp.constants import NONCE, SELF
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FLPORTAL_DATA_DIR", BASE_DIR / "var")).resolve()
@@ -42,23 +45,21 @@ def _database(url: str | None) -> dict:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
         }
-    parsed = urlparse(url)
-    if parsed.scheme not in ("postgres", "postgresql"):
-        raise RuntimeError(f"DATABASE_URL must be postgres://..., got {parsed.scheme}://")
+    if urlparse(url).scheme not in ("postgres", "postgresql"):
+        raise RuntimeError(f"DATABASE_URL must be postgres://..., got {urlparse(url).scheme}://")
+    # dj-database-url: user, password (percent-decoded), host, port, name, and query
+    # options such as ?sslmode=require, which become the connection's OPTIONS
+    parsed = dj_database_url.parse(url)
     return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": parsed.path.lstrip("/"),
-        "USER": unquote(parsed.username or ""),
-        "PASSWORD": unquote(parsed.password or ""),
-        "HOST": parsed.hostname or "",
-        "PORT": str(parsed.port or ""),
+        **parsed,
         # ASGI request threads do not outlive a request, so connections come from a pool
         # per process (psycopg_pool) instead of persistent ones: a request or a Celery task
         # borrows one and gives it back, and no request pays for a new PostgreSQL backend
         # (measured: connecting was 13 % of the portal's time in a round, bench/round_overhead.py).
         # max_size bounds what one process can hold of PostgreSQL's max_connections.
         "CONN_MAX_AGE": 0,
-        "OPTIONS": {"pool": {"min_size": 2, "max_size": _env_int("FLPORTAL_DB_POOL_SIZE", 16), "timeout": 30}},
+        "OPTIONS": {**parsed.get("OPTIONS", {}),
+                    "pool": {"min_size": 2, "max_size": _env_int("FLPORTAL_DB_POOL_SIZE", 16), "timeout": 30}},
     }
 
 
@@ -88,6 +89,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -114,6 +116,36 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": _database(DATABASE_URL)}
+
+# Served behind a TLS-terminating proxy (README, "Running in production"): one switch,
+# FLPORTAL_HTTPS=1, for secure cookies, HSTS, the redirect to https and trusting the
+# proxy's X-Forwarded-Proto. Without it (the plain-HTTP embedded demo) all stay off.
+HTTPS = _env_bool("FLPORTAL_HTTPS")
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = _env_int("FLPORTAL_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True  # consent to the browsers' preload list; nothing is submitted by it
+# Security headers on every page (besides SecurityMiddleware's nosniff and
+# Referrer-Policy, and X-Frame-Options: DENY): a Content-Security-Policy that only the
+# portal's own files and the pages' nonced inline scripts satisfy.
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],  # the pages' websockets (ws: and wss: to the same host)
+        "frame-ancestors": ["'none'"],
+        "form-action": [SELF],
+        "base-uri": [SELF],
+        "object-src": ["'none'"],
+    },
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
