@@ -1,5 +1,6 @@
 """The production stack, end to end: PostgreSQL, Redis, a separate `celery worker` and
 `celery beat`, the portal under uvicorn on a loopback port, three agent processes."""
+import httpx
 import pytest
 
 from tests.e2e.conftest import assert_job_complete, launch
@@ -14,6 +15,32 @@ def test_fedavg_job_succeeds_on_postgres_redis_celery(production_stack):
     job = production_stack.wait_job(job_id, timeout=240)
     assert job["status"] == "succeeded", job["status_reason"]
     assert_job_complete(production_stack, job_id, rounds=5, nodes=3)
+
+
+def test_no_secret_reaches_a_log_or_an_error_body(production_stack):
+    """After a whole job (and refused calls with wrong credentials), no node token, agent
+    key or user token appears in any process's log (portal, worker, beat, agents,
+    trainers) nor in an error body."""
+    stack = production_stack
+    job_id = launch(stack, rounds=2, clients_required=3)
+    assert stack.wait_job(job_id, timeout=240)["status"] == "succeeded"
+    secrets = {"the user's API token": stack.token}
+    for agent in stack.agents:
+        secrets[f"{agent.name}'s token"] = agent.token
+        secrets[f"{agent.name}'s agent key"] = agent.agent_key
+    secrets.update({f"the secret half of {name}": value.partition(".")[2] for name, value in list(secrets.items())
+                    if "." in value})
+    wrong = {"Authorization": f"Node {stack.agents[0].token}x"}
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        bodies = [client.post("/api/v1/fl/heartbeat", json={}, headers=wrong).text,
+                  client.get("/api/v1/jobs/", headers={"Authorization": f"Token {stack.token}x"}).text,
+                  client.get(f"http://127.0.0.1:{stack.agents[0].port}/runs",
+                             headers={"Authorization": f"Bearer {stack.agents[0].agent_key}x"}).text]
+    logs = {path: path.read_text(errors="replace") for path in stack.workdir.rglob("*.log")}
+    assert len(logs) >= 3 + len(stack.agents)  # portal, worker, beat, agents (and the trainers' runs)
+    leaks = [f"{name} in {where}" for name, value in secrets.items() if value
+             for where, text in [*logs.items(), *(("an error body", b) for b in bodies)] if value in text]
+    assert leaks == []
 
 
 def test_beat_runs_the_watchdog_which_marks_a_dead_node_offline(production_stack):
