@@ -125,6 +125,14 @@ def test_every_endpoint_refuses_a_missing_or_wrong_key(agent, method, path, key,
     assert (status, answer["error"]) == (401, "unauthenticated")
 
 
+@pytest.mark.parametrize("path", ["/runs/../../etc/passwd/log", "/runs/..%2F..%2Fetc%2Fpasswd/log",
+                                  "/runs/%2e%2e/log", "/runs/a%00b/log", "/runs/" + "a" * 65 + "/log"])
+def test_a_run_log_request_cannot_leave_the_runs_directory(agent, path):
+    status, answer = agent.call("GET", path)
+    assert status in (400, 404) and answer["error"] in ("not_found", "invalid_request"), answer
+    assert "root:" not in str(answer)
+
+
 def test_health(agent):
     status, answer = agent.call("GET", "/health")
     assert status == 200
