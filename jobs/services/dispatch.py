@@ -4,12 +4,14 @@ that is not committed yet). Services never import jobs.tasks, and jobs.tasks imp
 services, so the imports point one way; tests replace `send`.
 
 Outside a transaction (the watchdog's sweep) a task is sent at once."""
+import logging
 from functools import partial
 
 from celery import current_app
 from django.db import transaction
 
 TASKS = "jobs.tasks"
+logger = logging.getLogger(__name__)
 
 
 def send(name: str, args: tuple, **options) -> None:
@@ -22,7 +24,14 @@ def _on_commit(name: str, *args, **options) -> None:
 
 
 def _send_queued(name: str, args: tuple, options: dict) -> None:
-    send(name, args, **options)  # looked up now, so that a test's replacement of `send` is used
+    """After commit: the request or task that committed must not fail now (a client that
+    sees an error would retry what is already done). A task that could not be queued (the
+    broker is down) is left to the watchdog, which re-drives every state it would have
+    moved: a job queued, a round past its deadline or aggregating without a lease."""
+    try:
+        send(name, args, **options)  # looked up now, so that a test's replacement of `send` is used
+    except Exception:
+        logger.exception("could not queue %s%s; the watchdog re-drives what it was for", name, args)
 
 
 def queue_job_start(job_id: int) -> None:
