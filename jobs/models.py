@@ -68,8 +68,10 @@ class JobNode(models.Model):
     class Status(models.TextChoices):
         SELECTED = "selected"
         RUNNING = "running"
-        FINISHED = "finished"
-        FAILED = "failed"
+        FINISHED = "finished"  # the job succeeded, with this node's result in its last round
+        DROPPED = "dropped"  # the job succeeded, but this node had stopped answering (status_reason: since when)
+        STOPPED = "stopped"  # the job failed or was cancelled while this node took part
+        FAILED = "failed"  # this node could not take part (its agent refused or was unreachable)
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="job_nodes")
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="job_nodes")

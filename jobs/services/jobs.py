@@ -8,7 +8,7 @@ from django.db import transaction
 
 from core.errors import ValidationFailed
 from fl.networks import build_model
-from jobs.models import Job, JobNode, ModelVersion, Round
+from jobs.models import Job, JobNode, ModelVersion, Round, Update
 from jobs.services import artifacts, dispatch
 from jobs.services.job_events import job_event_record
 from jobs.services.metrics import round_keep_evaluation
@@ -96,8 +96,28 @@ def job_succeed(*, job: Job, final_model) -> Job:
     """running → succeeded (called under the round's lock by round_close)."""
     job.final_model = final_model
     job.save(update_fields=["final_model"])
-    job.job_nodes.exclude(status=JobNode.Status.FAILED).update(status=JobNode.Status.FINISHED)
+    taking_part = job.job_nodes.exclude(status=JobNode.Status.FAILED)
+    silent = _nodes_silent_since(job)
+    for node_id, (number, kind) in silent.items():
+        taking_part.filter(node_id=node_id).update(status=JobNode.Status.DROPPED,
+                                                   status_reason=f"no result since round {number} ({kind})")
+    taking_part.exclude(node_id__in=silent).update(status=JobNode.Status.FINISHED)
     return job_transition(job, Job.Status.SUCCEEDED, reason=f"{job.rounds} rounds done")
+
+
+def _nodes_silent_since(job: Job) -> dict[int, tuple[int, str]]:
+    """{node id: (number, kind) of the first round it left unanswered} of the nodes whose
+    last rounds got no result from them (round ids grow with time)."""
+    answered = set(Update.objects.filter(round__job=job).values_list("node_id", "round_id"))
+    silent: dict[int, tuple[int, str]] = {}
+    for node_id, round_id, number, kind in (Round.selected.through.objects.filter(round__job=job)
+                                            .order_by("round_id")
+                                            .values_list("node_id", "round_id", "round__number", "round__kind")):
+        if (node_id, round_id) in answered:
+            silent.pop(node_id, None)
+        else:
+            silent.setdefault(node_id, (number, kind))
+    return silent
 
 
 def job_fail(*, job: Job, reason: str, actor=None) -> Job:
@@ -118,6 +138,8 @@ def job_cancel(*, job: Job, actor=None, reason: str = "") -> Job:
 
 def _job_end(job: Job, status: str, reason: str, actor) -> Job:
     job_transition(job, status, reason=reason, actor=actor)
+    job.job_nodes.filter(status__in=[JobNode.Status.SELECTED, JobNode.Status.RUNNING]).update(
+        status=JobNode.Status.STOPPED, status_reason=f"job {status}")
     in_flight = job.rounds_set.select_for_update(no_key=True).filter(
         status__in=[Round.Status.OPEN, Round.Status.AGGREGATING])
     for rnd in in_flight:
