@@ -134,9 +134,8 @@ def round_finish(*, round_id: int, written: dict | None, lease: AggregationLease
     new model version (`written`) and the aggregated metrics, and close it. None when
     the round is not aggregating any more or its lease is no longer `lease` (another
     worker took it over: that one closes it)."""
-    rnd = next(iter(Round.objects.select_for_update(no_key=True).select_related("job")  # locks the job's row too
-                    .filter(pk=round_id, status=Round.Status.AGGREGATING).order_by()[:1]), None)
-    if rnd is None or not lease.held_by_me(rnd):
+    rnd = round_lock_aggregating(round_id, lease)
+    if rnd is None:
         return None
     if written is not None:  # created with the close, in one transaction: never there before
         rnd.result_version = ModelVersion.objects.create(job=rnd.job, round=rnd.number, **written)
@@ -147,8 +146,10 @@ def round_finish(*, round_id: int, written: dict | None, lease: AggregationLease
 
 
 def round_lock_aggregating(round_id: int, lease: AggregationLease) -> Round | None:
-    """The aggregating round whose lease is `lease`, locked, or None."""
-    rnd = Round.objects.select_for_update(no_key=True).filter(pk=round_id, status=Round.Status.AGGREGATING).first()
+    """The aggregating round whose lease is `lease`, locked with its job (round, then
+    job: the order every writer locks them in), or None."""
+    rnd = next(iter(Round.objects.select_for_update(no_key=True).select_related("job")  # locks the job's row too
+                    .filter(pk=round_id, status=Round.Status.AGGREGATING).order_by()[:1]), None)
     return rnd if rnd is not None and lease.held_by_me(rnd) else None
 
 
