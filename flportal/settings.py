@@ -217,6 +217,9 @@ FLPORTAL_MAX_UPDATE_BYTES = int(os.environ.get("FLPORTAL_MAX_UPDATE_BYTES", str(
 FLPORTAL_INLINE_MODEL_BYTES = _env_int("FLPORTAL_INLINE_MODEL_BYTES", 256 * 1024)
 FLPORTAL_HEARTBEAT_INTERVAL_S = float(os.environ.get("FLPORTAL_HEARTBEAT_INTERVAL_S", "5"))
 FLPORTAL_NODE_OFFLINE_AFTER_S = float(os.environ.get("FLPORTAL_NODE_OFFLINE_AFTER_S", "15"))
+# How long a node enrollment code (admin or POST /api/v1/nodes/) can be exchanged for the
+# node's credentials (POST /api/v1/fl/enroll): a day by default.
+FLPORTAL_ENROLLMENT_CODE_TTL_S = _env_int("FLPORTAL_ENROLLMENT_CODE_TTL_S", 24 * 3600)
 FLPORTAL_TASK_LONG_POLL_MAX_S = 25.0
 FLPORTAL_AGENT_TIMEOUT_S = float(os.environ.get("FLPORTAL_AGENT_TIMEOUT_S", "30"))
 # A job queued this long is started again (its start task was lost).

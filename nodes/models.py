@@ -1,4 +1,8 @@
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Node(models.Model):
@@ -30,3 +34,27 @@ class Node(models.Model):
 
     def dataset(self, name: str) -> dict | None:
         return next((d for d in self.datasets if d.get("name") == name and "error" not in d), None)
+
+
+def enrollment_code_expiry():
+    return timezone.now() + timedelta(seconds=settings.FLPORTAL_ENROLLMENT_CODE_TTL_S)
+
+
+class EnrollmentCode(models.Model):
+    """A one-time code a site's agent exchanges for its node's credentials
+    (nodes.services.node_enroll). Only the code's SHA-256 is stored: it is 192-bit
+    random, shown once when issued. Issuing a new code deletes the node's unused ones."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="enrollment_codes")
+    code_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(default=enrollment_code_expiry)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"enrollment code of {self.node} (expires {self.expires_at:%Y-%m-%d %H:%M})"

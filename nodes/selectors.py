@@ -1,5 +1,6 @@
+from core.errors import NotFound
 from core.tokens import secret_matches, split_token
-from nodes.models import Node
+from nodes.models import EnrollmentCode, Node
 
 
 def node_for_token(token: str) -> Node | None:
@@ -15,3 +16,16 @@ def node_for_token(token: str) -> Node | None:
 
 def node_list():
     return Node.objects.all()
+
+
+def node_get(*, name: str) -> Node:
+    """The node named `name`; raises NotFound."""
+    node = Node.objects.filter(name=name).first()
+    if node is None:
+        raise NotFound(f"no node named {name[:64]!r}")
+    return node
+
+
+def enrollment_code_pending(*, node: Node) -> EnrollmentCode | None:
+    """The node's unused enrollment code (there is at most one), or None."""
+    return node.enrollment_codes.filter(used_at__isnull=True).order_by("-created_at").first()

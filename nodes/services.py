@@ -1,18 +1,21 @@
-"""Every write to a Node: registration, heartbeats, going offline."""
+"""Every write to a Node: registration, enrollment, heartbeats, going offline."""
 import hashlib
 import hmac
 import re
+import secrets
+import shlex
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
-from core.errors import ValidationFailed
-from core.tokens import issue_token
+from core.errors import Conflict, DomainError, Forbidden, ValidationFailed
+from core.tokens import hash_secret, issue_token
 from nodes import events
-from nodes.models import Node
+from nodes.models import EnrollmentCode, Node
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = {"global", "aggregate"}  # the global model's row in cross-site results; the aggregate metrics
@@ -32,23 +35,126 @@ def agent_key_for(node: Node) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), msg, hashlib.sha256).hexdigest()
 
 
-@transaction.atomic
-def node_register(*, name: str, agent_url: str) -> NodeCredentials:
-    """Register a site, or re-issue the credentials of an existing one (the old token
-    and agent key stop working). Raises ValidationFailed on a bad name or URL."""
+def clean_node_fields(*, name: str, agent_url: str) -> str:
+    """Checks a node's name and agent URL; returns the URL as stored (no trailing
+    slash). Raises ValidationFailed naming the field."""
     if (name or "").lower() in RESERVED_NAMES:
         raise ValidationFailed(f"name: {name!r} is reserved", field="name")
     if not NODE_NAME.fullmatch(name or ""):
         raise ValidationFailed("name: 1 to 64 ASCII letters, digits, '-' and '_', starting with a letter or digit",
                                field="name")
-    if not agent_url.startswith(("http://", "https://")):
-        raise ValidationFailed("agent_url: must start with http:// or https://", field="agent_url")
+    if not (agent_url or "").startswith(("http://", "https://")) or len(agent_url) > 300:
+        raise ValidationFailed("agent_url: must start with http:// or https:// (300 characters at most)",
+                               field="agent_url")
+    return agent_url.rstrip("/")
+
+
+@transaction.atomic
+def node_register(*, name: str, agent_url: str) -> NodeCredentials:
+    """Register a site, or re-issue the credentials of an existing one (the old token
+    and agent key stop working). Raises ValidationFailed on a bad name or URL."""
+    agent_url = clean_node_fields(name=name, agent_url=agent_url)
     issued = issue_token("n")
     node, _ = Node.objects.update_or_create(
         name=name,
-        defaults={"agent_url": agent_url.rstrip("/"), "token_key_id": issued.key_id, "token_hash": issued.secret_hash},
+        defaults={"agent_url": agent_url, "token_key_id": issued.key_id, "token_hash": issued.secret_hash},
     )
     return NodeCredentials(node=node, token=issued.token, agent_key=agent_key_for(node))
+
+
+# --- enrollment: a one-time code, exchanged by the site's agent for the credentials -----------
+
+UNUSABLE_TOKEN_HASH = "!"  # no SHA-256 hex digest equals it: a token of a node not enrolled yet never authenticates
+
+
+class EnrollmentInvalid(ValidationFailed):
+    code = "enrollment_invalid"
+
+
+class EnrollmentUsed(Conflict):
+    code = "enrollment_used"
+
+
+class EnrollmentExpired(DomainError):
+    code = "enrollment_expired"
+    status = 410
+
+
+class NodeDisabled(Forbidden):
+    code = "node_disabled"
+
+
+@transaction.atomic
+def node_create(*, name: str, agent_url: str, created_by) -> tuple[Node, str]:
+    """Create a node that has no usable credentials yet, and its first enrollment code
+    (shown once). Raises ValidationFailed on a bad name or URL, or a name taken."""
+    agent_url = clean_node_fields(name=name, agent_url=agent_url)
+    taken = ValidationFailed(f"name: a node named {name!r} already exists", field="name")
+    if Node.objects.filter(name=name).exists():
+        raise taken
+    try:
+        with transaction.atomic():  # a concurrent create of the same name: the unique index decides
+            node = Node.objects.create(name=name, agent_url=agent_url, token_key_id=f"pending-{secrets.token_hex(8)}",
+                                       token_hash=UNUSABLE_TOKEN_HASH)
+    except IntegrityError as exc:
+        raise taken from exc
+    return node, enrollment_code_issue(node=node, created_by=created_by)
+
+
+@transaction.atomic
+def enrollment_code_issue(*, node: Node, created_by) -> str:
+    """A new one-time code for `node` (192-bit random; only its hash is stored), valid
+    for FLPORTAL_ENROLLMENT_CODE_TTL_S. The node's earlier unused codes are deleted, so
+    they are refused as wrong codes; its current credentials keep working until the new
+    code is exchanged."""
+    EnrollmentCode.objects.filter(node=node, used_at__isnull=True).delete()
+    code = secrets.token_urlsafe(24)
+    while code.startswith("-"):  # it would read as an option on the agent's command line
+        code = secrets.token_urlsafe(24)
+    EnrollmentCode.objects.create(node=node, code_hash=hash_secret(code), created_by=created_by)
+    return code
+
+
+def enrollment_command(*, portal_url: str, code: str) -> str:
+    """The command line that enrolls a site's agent with `code` (shown by the admin and
+    the REST API next to the code)."""
+    return f"flportal-agent enroll --portal {shlex.quote(portal_url.rstrip('/'))} --code {shlex.quote(code)}"
+
+
+@transaction.atomic
+@sensitive_variables("code", "issued")
+def node_enroll(*, code: str) -> NodeCredentials:
+    """Exchange an enrollment code, once, for the node's long-lived credentials: a new
+    token (the node's earlier one stops working) and the agent key derived from it.
+    Refused, with nothing changed: EnrollmentInvalid (no such code, or one revoked by a
+    newer one), EnrollmentUsed, EnrollmentExpired, NodeDisabled. The code is claimed by
+    a conditional UPDATE, so of two concurrent exchanges only one wins."""
+    if not isinstance(code, str) or not 0 < len(code) <= 200:
+        raise EnrollmentInvalid("code: must be the enrollment code the portal issued (a string)", field="code")
+    row = EnrollmentCode.objects.select_related("node").filter(code_hash=hash_secret(code.strip())).first()
+    if row is None:
+        raise EnrollmentInvalid("no such enrollment code: wrong, or replaced by a newer one; ask the portal's "
+                                "administrators for a new code", field="code")
+    now = timezone.now()
+    _check_enrollable(row, now=now)
+    if not EnrollmentCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now):
+        raise EnrollmentUsed("this enrollment code has just been used by another request", field="code")
+    issued = issue_token("n")
+    node = row.node
+    Node.objects.filter(pk=node.pk).update(token_key_id=issued.key_id, token_hash=issued.secret_hash)
+    node.token_key_id, node.token_hash = issued.key_id, issued.secret_hash
+    return NodeCredentials(node=node, token=issued.token, agent_key=agent_key_for(node))
+
+
+def _check_enrollable(row: EnrollmentCode, *, now) -> None:
+    if row.used_at is not None:
+        raise EnrollmentUsed(f"this enrollment code was used at {row.used_at:%Y-%m-%d %H:%M:%S} UTC; "
+                             "ask the portal's administrators for a new one", field="code")
+    if row.expires_at <= now:
+        raise EnrollmentExpired(f"this enrollment code expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
+                                "ask the portal's administrators for a new one", field="code")
+    if not row.node.enabled:
+        raise NodeDisabled(f"node {row.node.name} is disabled by the portal's administrators")
 
 
 class InvalidReport(ValidationFailed):

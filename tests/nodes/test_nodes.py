@@ -177,15 +177,15 @@ def admin_client_(client, django_user_model):
     return client
 
 
-def test_node_admin_lists_nodes_and_cannot_add(admin_client_):
+def test_node_admin_lists_nodes_and_adds_them_by_enrollment(admin_client_):
     register_node("site-a")
     register_node("site-b", online=False)
 
     page = admin_client_.get("/admin/nodes/node/")
     assert page.status_code == 200
     assert b"site-a" in page.content and b"site-b" in page.content
-    assert b"/admin/nodes/node/add/" not in page.content
-    assert admin_client_.get("/admin/nodes/node/add/").status_code == 403
+    assert b"/admin/nodes/node/add/" in page.content  # tests/nodes/test_enrollment.py: adding a node
+    assert admin_client_.get("/admin/nodes/node/add/").status_code == 200
     assert admin_client_.get("/admin/jobs/job/").status_code == 200
     assert admin_client_.get("/admin/jobs/job/add/").status_code == 403
 
