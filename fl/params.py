@@ -96,9 +96,11 @@ def _clean_value(field: str, spec: dict, value: Any) -> Any:
         if kind in ("int", "float"):
             _check_range(field, spec, cleaned)
     choices = spec.get("choices")
-    if choices is not None and cleaned not in choices:
+    # ``in`` alone would take true for a choice 1 (True == 1): a bool matches only a bool.
+    if choices is not None and not any(c == cleaned and isinstance(c, bool) == isinstance(cleaned, bool)
+                                       for c in choices):
         allowed = ", ".join(repr(c) for c in choices)
-        raise ParamError(field, f"must be one of {allowed}, got {value!r}")
+        raise ParamError(field, f"must be one of {allowed}, got {_short_repr(value)}")
     return cleaned
 
 
@@ -156,10 +158,20 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return f"boolean {value!r}"
-    text = repr(value)
+    return f"{type(value).__name__} {_short_repr(value)}"
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)`` cut to 40 characters; a placeholder where there is none (an int
+    past Python's 4300-digit str() limit raises ValueError, a structure nested too deep
+    RecursionError), so a refusal is always a ParamError."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return "(too large to show)"
     if len(text) > 40:
         text = text[:37] + "..."
-    return f"{type(value).__name__} {text}"
+    return text
 
 
 def parse_model_paths(text: str | None) -> dict[str, str]:
