@@ -58,6 +58,9 @@ def _database(url: str | None) -> dict:
         # (measured: connecting was 13 % of the portal's time in a round, bench/round_overhead.py).
         # max_size bounds what one process can hold of PostgreSQL's max_connections.
         "CONN_MAX_AGE": 0,
+        # a pooled connection is checked as it is handed out (one empty round trip), so
+        # one that a PostgreSQL restart broke is replaced, not failed on once per connection
+        "CONN_HEALTH_CHECKS": True,
         "OPTIONS": {**parsed.get("OPTIONS", {}),
                     "pool": {"min_size": 2, "max_size": _env_int("FLPORTAL_DB_POOL_SIZE", 16), "timeout": 30}},
     }

@@ -1,8 +1,10 @@
 """The production stack, end to end: PostgreSQL, Redis, a separate `celery worker` and
 `celery beat`, the portal under uvicorn on a loopback port, three agent processes."""
 import httpx
+import psycopg
 import pytest
 
+from flportal.localstack import PG_ADMIN_URL
 from tests.e2e.conftest import assert_job_complete, launch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services]
@@ -41,6 +43,22 @@ def test_no_secret_reaches_a_log_or_an_error_body(production_stack):
     leaks = [f"{name} in {where}" for name, value in secrets.items() if value
              for where, text in [*logs.items(), *(("an error body", b) for b in bodies)] if value in text]
     assert leaks == []
+
+
+def test_pooled_connections_broken_by_postgresql_are_replaced_not_failed_on(production_stack):
+    """Every backend of the portal's database is terminated (as a PostgreSQL restart does to
+    them); the pooled connections are health-checked as they are handed out, so not one
+    request fails for it."""
+    stack = production_stack
+    database = stack.env["DATABASE_URL"].rsplit("/", 1)[1]
+    with stack.api() as api:
+        assert all(api.get("/api/v1/nodes/").status_code == 200 for _ in range(5))  # the pools hold connections
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE datname = %s AND pid <> pg_backend_pid()", [database]).fetchone()[0]
+        assert killed >= 1
+        statuses = [api.get("/api/v1/nodes/").status_code for _ in range(20)]
+    assert statuses == [200] * 20
 
 
 def test_beat_runs_the_watchdog_which_marks_a_dead_node_offline(production_stack):
