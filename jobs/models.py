@@ -79,6 +79,9 @@ class JobNode(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.SELECTED)
     status_reason = models.TextField(blank=True)
     agent_run_id = models.CharField(max_length=64, blank=True)
+    run_started_at = models.DateTimeField(null=True, blank=True)
+    # trainers asked of its agent for this job: the first, then one per trainer found gone
+    trainer_starts = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "node"], name="uniq_job_node")]

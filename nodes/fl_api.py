@@ -23,7 +23,7 @@ def heartbeat(request):
     if not isinstance(datasets, list) or not isinstance(resources, dict) or len(json.dumps(body)) > 65536:
         raise InvalidNodeRequest("datasets must be a list and resources an object (64 KiB at most)")
     node = node_heartbeat(node=request.node, version=str(body.get("version", "")), datasets=datasets,
-                          resources=resources)
+                          resources=resources, running_jobs=body.get("runs"))
     return JsonResponse({"status": "ok", "node": node.name,
                          "heartbeat_interval_s": settings.FLPORTAL_HEARTBEAT_INTERVAL_S})
 

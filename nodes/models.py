@@ -24,6 +24,9 @@ class Node(models.Model):
     version = models.CharField(max_length=64, blank=True)
     datasets = models.JSONField(default=list, blank=True)
     resources = models.JSONField(default=dict, blank=True)
+    # The jobs its agent runs a trainer for, as of its last heartbeat (None: an agent that
+    # does not report them). A job it should run and does not is re-driven (jobs' watchdog).
+    running_jobs = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -184,13 +184,20 @@ def _clean_dataset(entry, index: int) -> dict:
     return {"name": entry["name"][:100], "format": str(entry.get("format", ""))[:16], **counts}
 
 
-def node_heartbeat(*, node: Node, version: str, datasets: list, resources: dict) -> Node:
-    """Record a heartbeat; a node that was offline comes online (and says so). Raises
-    InvalidReport for a malformed dataset report (nothing is recorded then)."""
+def node_heartbeat(*, node: Node, version: str, datasets: list, resources: dict,
+                   running_jobs: list | None = None) -> Node:
+    """Record a heartbeat; a node that was offline comes online (and says so).
+    `running_jobs`: the job ids its agent runs a trainer for (None: not reported). Raises
+    InvalidReport for a malformed dataset or runs report (nothing is recorded then)."""
     datasets = clean_dataset_report(datasets)
+    if running_jobs is not None and (not isinstance(running_jobs, list) or len(running_jobs) > 1000 or not all(
+            isinstance(j, int) and not isinstance(j, bool) and 0 < j < 2**63 for j in running_jobs)):
+        raise InvalidReport("runs: must be a list of job ids (1000 at most)")
     status = Node.Status.ONLINE if node.enabled else Node.Status.DISABLED
     fields = {"last_heartbeat_at": timezone.now(), "version": version[:64], "datasets": datasets,
               "resources": resources, "status": status}
+    if running_jobs is not None:
+        fields["running_jobs"] = sorted(set(running_jobs))
     # One UPDATE when the status stays what it was, as for almost every heartbeat (a
     # fleet of 1000 sites sends dozens a second); a second one, and the event, when it
     # changes. Concurrent heartbeats of one node may both see the change: two events.

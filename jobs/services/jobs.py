@@ -5,6 +5,7 @@ the rounds it had in flight."""
 import logging
 
 from django.db import transaction
+from django.utils import timezone
 
 from core.errors import ValidationFailed
 from fl.networks import build_model
@@ -153,8 +154,9 @@ def _job_end(job: Job, status: str, reason: str, actor) -> Job:
 def job_node_run_started(*, job_node_id: int, run_id: str) -> None:
     with transaction.atomic():
         jn = _job_node_locked(job_node_id)
-        jn.agent_run_id, jn.status = run_id, JobNode.Status.RUNNING
-        jn.save(update_fields=["agent_run_id", "status"])
+        jn.agent_run_id, jn.status, jn.run_started_at = run_id, JobNode.Status.RUNNING, timezone.now()
+        jn.trainer_starts += 1
+        jn.save(update_fields=["agent_run_id", "status", "run_started_at", "trainer_starts"])
         job_event_record(job=jn.job, kind="run_started", message=f"trainer started on {jn.node.name} (run {run_id})",
                          node=jn.node)
 
@@ -167,6 +169,31 @@ def job_node_fail(*, job_node_id: int, reason: str) -> None:
         jn.status, jn.status_reason = JobNode.Status.FAILED, reason[:2000]
         jn.save(update_fields=["status", "status_reason"])
         job_event_record(job=jn.job, kind="node_failed", message=f"{jn.node.name}: {reason}", node=jn.node)
+
+
+#: Trainers asked of a node's agent for one job: the first, and one each time it is found
+#: gone (its agent restarted, or it exited); after that the node is failed for the job.
+MAX_TRAINER_STARTS = 4
+
+
+def job_node_trainer_lost(*, job_node_id: int) -> None:
+    """A running job's node whose agent no longer runs its trainer (it restarted, or the
+    trainer exited): ask the agent for a new one, visibly (an event), so the node takes
+    part again from the next round it is selected for; after MAX_TRAINER_STARTS the
+    node is failed for the job instead (its rounds then follow the round policy)."""
+    with transaction.atomic():
+        jn = _job_node_locked(job_node_id)
+        if jn.job.status != Job.Status.RUNNING or jn.status != JobNode.Status.RUNNING:
+            return
+        if jn.trainer_starts >= MAX_TRAINER_STARTS:
+            job_node_fail(job_node_id=job_node_id, reason=f"its trainer stopped {jn.trainer_starts} times")
+            return
+        jn.agent_run_id, jn.status = "", JobNode.Status.SELECTED
+        jn.save(update_fields=["agent_run_id", "status"])
+        job_event_record(job=jn.job, kind="trainer_lost", node=jn.node,
+                         message=f"{jn.node.name}: its agent runs no trainer for this job any more "
+                                 "(restarted, or the trainer exited); asking it for a new one")
+        dispatch.queue_agent_start_run(jn.pk)
 
 
 def _job_node_locked(job_node_id: int) -> JobNode:

@@ -8,10 +8,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.models import Job, Round
+from jobs.models import Job, JobNode, Round
 from jobs.services import dispatch
-from jobs.services.jobs import job_fail
+from jobs.services.jobs import job_fail, job_node_trainer_lost
 from jobs.services.rounds import rounds_overdue, rounds_stuck_aggregating
+from nodes.models import Node
 from nodes.services import nodes_mark_stale_offline
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,9 @@ def watchdog_sweep() -> dict:
     """Mark silent nodes offline; re-drive rounds past their deadline and aggregating
     rounds that nobody aggregates (their lease expired: the worker died; never one
     whose worker still renews its lease, however long it runs); restart jobs stuck
-    queued; fail running jobs with no round in flight. Returns what it did, for logs
-    and tests."""
+    queued; ask for a new trainer where a node's agent runs none for its running job
+    any more (the agent restarted); fail running jobs with no round in flight. Returns
+    what it did, for logs and tests."""
     done = {"offline": [n.name for n in nodes_mark_stale_offline()]}
     done["deadline"] = rounds_overdue()
     for round_id in done["deadline"]:
@@ -33,6 +35,9 @@ def watchdog_sweep() -> dict:
     done["queued"] = _jobs_stuck_queued()
     for job_id in done["queued"]:
         dispatch.queue_job_start(job_id)
+    done["trainers"] = _trainers_gone()
+    for job_node_id in done["trainers"]:
+        job_node_trainer_lost(job_node_id=job_node_id)
     done["failed"] = _fail_running_without_round()
     if any(done.values()):
         logger.info("watchdog: %s", done)
@@ -42,6 +47,21 @@ def watchdog_sweep() -> dict:
 def _jobs_stuck_queued() -> list[int]:
     cutoff = timezone.now() - timedelta(seconds=settings.FLPORTAL_STUCK_AFTER_S)
     return list(Job.objects.filter(status=Job.Status.QUEUED, queued_at__lt=cutoff).values_list("pk", flat=True))
+
+
+def _trainers_gone() -> list[int]:
+    """Ids of the running JobNodes of running jobs whose node is online and, in a
+    heartbeat received well after the trainer started (two heartbeat intervals, at
+    least 5 s: one built before the start may arrive after it), reported no trainer for
+    the job."""
+    now = timezone.now()
+    margin = timedelta(seconds=max(5.0, 2 * settings.FLPORTAL_HEARTBEAT_INTERVAL_S))
+    candidates = (JobNode.objects.filter(job__status=Job.Status.RUNNING, status=JobNode.Status.RUNNING,
+                                         node__status=Node.Status.ONLINE, node__running_jobs__isnull=False,
+                                         run_started_at__lt=now - margin)
+                  .values_list("pk", "job_id", "run_started_at", "node__last_heartbeat_at", "node__running_jobs"))
+    return [pk for pk, job_id, started, heard, running in candidates
+            if heard is not None and heard > started + margin and job_id not in running]
 
 
 def _fail_running_without_round() -> list[int]:

@@ -650,7 +650,7 @@ def sweep(django_capture_on_commit_callbacks) -> dict:
 
 def test_watchdog_with_nothing_to_do(started_job, queued_tasks):
     done = watchdog_sweep()
-    assert done == {"offline": [], "deadline": [], "aggregating": [], "queued": [], "failed": []}
+    assert done == {"offline": [], "deadline": [], "aggregating": [], "queued": [], "trainers": [], "failed": []}
     started_job.refresh_from_db()
     assert started_job.status == Job.Status.RUNNING
 
