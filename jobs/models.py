@@ -224,3 +224,13 @@ class CrossSiteResult(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "evaluator", "source", "name"], name="uniq_cross_site")]
         ordering = ["source", "evaluator__name", "name"]
+
+
+class WatchdogClock(models.Model):
+    """The watchdog's own memory (one row): when it last swept, and since when it has
+    been sweeping without a gap. After a gap (the portal tier was down, so no heartbeat
+    could land), nodes get a full offline timeout to be heard from again before they are
+    marked offline."""
+
+    last_sweep_at = models.DateTimeField()
+    listening_since = models.DateTimeField()

@@ -221,9 +221,13 @@ def node_set_enabled(*, node: Node, enabled: bool) -> Node:
     return node
 
 
-def nodes_mark_stale_offline() -> list[Node]:
-    """Online nodes whose last heartbeat is older than the offline threshold go offline."""
+def nodes_mark_stale_offline(*, listening_since=None) -> list[Node]:
+    """Online nodes whose last heartbeat is older than the offline threshold go offline;
+    none while the portal has been listening for less than that (`listening_since`: it
+    was down until then, and heartbeats could not land)."""
     cutoff = timezone.now() - timedelta(seconds=settings.FLPORTAL_NODE_OFFLINE_AFTER_S)
+    if listening_since is not None and listening_since > cutoff:
+        return []
     changed = []
     with transaction.atomic():
         stale = Node.objects.select_for_update().filter(status=Node.Status.ONLINE, last_heartbeat_at__lt=cutoff)

@@ -207,11 +207,14 @@ def _wait_until_consuming(timeout: float = 10.0):
 
     from django.utils import timezone
 
+    from jobs.models import WatchdogClock
     from jobs.tasks import watchdog
     from nodes.models import Node
 
     probe = register_node("worker-probe")
     Node.objects.filter(pk=probe.node.pk).update(last_heartbeat_at=timezone.now() - timedelta(days=1))
+    WatchdogClock.objects.update_or_create(pk=1, defaults={  # a portal that has been up for long
+        "last_sweep_at": timezone.now(), "listening_since": timezone.now() - timedelta(days=1)})
     watchdog.delay()
     deadline = time.monotonic() + timeout
     while Node.objects.get(pk=probe.node.pk).status != Node.Status.OFFLINE:

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.models import Job, JobNode, Round
+from jobs.models import Job, JobNode, Round, WatchdogClock
 from jobs.services import dispatch
 from jobs.services.jobs import job_fail, job_node_trainer_lost
 from jobs.services.rounds import rounds_overdue, rounds_stuck_aggregating
@@ -25,7 +25,7 @@ def watchdog_sweep() -> dict:
     queued; ask for a new trainer where a node's agent runs none for its running job
     any more (the agent restarted); fail running jobs with no round in flight. Returns
     what it did, for logs and tests."""
-    done = {"offline": [n.name for n in nodes_mark_stale_offline()]}
+    done = {"offline": [n.name for n in nodes_mark_stale_offline(listening_since=_listening_since())]}
     done["deadline"] = rounds_overdue()
     for round_id in done["deadline"]:
         dispatch.queue_round_deadline(round_id, countdown=0)
@@ -42,6 +42,21 @@ def watchdog_sweep() -> dict:
     if any(done.values()):
         logger.info("watchdog: %s", done)
     return done
+
+
+def _listening_since():
+    """Since when the watchdog has swept without a gap of more than two intervals (its
+    own clock row): after a gap, from now."""
+    now = timezone.now()
+    with transaction.atomic():
+        clock, created = WatchdogClock.objects.select_for_update().get_or_create(
+            pk=1, defaults={"last_sweep_at": now, "listening_since": now})
+        if not created:
+            if (now - clock.last_sweep_at).total_seconds() > 2 * settings.WATCHDOG_INTERVAL_S:
+                clock.listening_since = now
+            clock.last_sweep_at = now
+            clock.save(update_fields=["last_sweep_at", "listening_since"])
+    return clock.listening_since
 
 
 def _jobs_stuck_queued() -> list[int]:

@@ -14,7 +14,7 @@ from core.errors import NotFound, ValidationFailed
 from fl.networks import build_model
 from jobs import tasks
 from jobs.exceptions import InvalidUpdateError, JobStateError, NotSelected, StaleRound
-from jobs.models import Job, JobEvent, JobNode, MetricPoint, ModelVersion, Round, Update
+from jobs.models import Job, JobEvent, JobNode, MetricPoint, ModelVersion, Round, Update, WatchdogClock
 from jobs.services import artifacts, dispatch
 from jobs.services.flow import job_start, round_close, round_deadline
 from jobs.services.jobs import job_cancel, job_create, job_launch, job_node_run_started
@@ -655,14 +655,37 @@ def test_watchdog_with_nothing_to_do(started_job, queued_tasks):
     assert started_job.status == Job.Status.RUNNING
 
 
+def listening_for(seconds: float) -> None:
+    """The watchdog has swept without a gap for `seconds` (its clock row)."""
+    now = timezone.now()
+    WatchdogClock.objects.update_or_create(pk=1, defaults={"last_sweep_at": now,
+                                                           "listening_since": now - timedelta(seconds=seconds)})
+
+
 def test_watchdog_marks_silent_nodes_offline(nodes3, settings, queued_tasks):
     settings.FLPORTAL_NODE_OFFLINE_AFTER_S = 15
+    listening_for(3600)
     Node.objects.filter(name="site-b").update(last_heartbeat_at=timezone.now() - timedelta(seconds=16))
     done = watchdog_sweep()
     assert done["offline"] == ["site-b"]
     assert dict(Node.objects.values_list("name", "status")) == {"site-a": "online", "site-b": "offline",
                                                                 "site-c": "online"}
     assert watchdog_sweep()["offline"] == []
+
+
+def test_after_the_portal_was_down_nodes_get_a_full_timeout_to_be_heard_again(nodes3, settings, queued_tasks):
+    """A portal-tier restart: no heartbeat could land while it was down; the first sweeps
+    after it must not mark every node offline before their heartbeats come in."""
+    settings.FLPORTAL_NODE_OFFLINE_AFTER_S, settings.WATCHDOG_INTERVAL_S = 15, 5
+    now = timezone.now()
+    WatchdogClock.objects.create(pk=1, last_sweep_at=now - timedelta(seconds=60),
+                                 listening_since=now - timedelta(days=1))
+    Node.objects.update(last_heartbeat_at=now - timedelta(seconds=40))  # silent: the portal was down 60 s
+    assert watchdog_sweep()["offline"] == []  # a gap: it listens anew from now
+    assert WatchdogClock.objects.get().listening_since >= now
+    assert watchdog_sweep()["offline"] == []
+    WatchdogClock.objects.update(listening_since=now - timedelta(seconds=16))  # a full timeout later
+    assert sorted(watchdog_sweep()["offline"]) == ["site-a", "site-b", "site-c"]
 
 
 def test_watchdog_redrives_an_overdue_round(started_job, queued_tasks, django_capture_on_commit_callbacks):
