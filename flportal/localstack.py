@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,45 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def _child_state(process: subprocess.Popen) -> str:
+    """"running", "exited" (not reaped yet) or "reaped", found without reaping it. While
+    a child is unreaped its pid, hence its process group's id, cannot be reused, so
+    signalling that group cannot reach a stranger."""
+    if process.returncode is not None:
+        return "reaped"
+    try:
+        exited = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped by another thread
+        return "reaped"
+    return "running" if exited is None else "exited"
+
+
+def _signal(pid: int, sig: signal.Signals, *, group: bool) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def freeze_tree(pids: list[int]) -> list[int]:
+    """SIGSTOP each of `pids`' process groups and, top-down, every descendant; returns
+    the descendants. A stopped parent cannot reap its children, so no pid returned
+    here is reused before the caller kills it."""
+    for pid in pids:
+        _signal(pid, signal.SIGSTOP, group=True)
+    found, level = [], list(pids)
+    while level:
+        level = [child for pid in level for child in child_pids(pid) if child not in found]
+        for pid in level:
+            _signal(pid, signal.SIGSTOP, group=False)
+        found += level
+    return found
+
+
+class StackStopping(RuntimeError):
+    """The stack is stopping (or stopped): it starts no more processes."""
+
+
 @dataclass
 class Agent:
     name: str
@@ -104,6 +144,11 @@ class LocalStack:
     agents: list = field(default_factory=list)
     token: str = ""
     portal: subprocess.Popen | None = None
+    # stop() may run in another thread than the one starting processes (`manage.py demo`
+    # stops on a signal): starting a process and stop()'s snapshot exclude each other
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _stopping: bool = field(default=False, init=False, repr=False, compare=False)
+    _helpers: list = field(default_factory=list, init=False, repr=False, compare=False)  # manage() commands
 
     def __post_init__(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -115,19 +160,37 @@ class LocalStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _popen(self, argv: list[str], registry: list, **kwargs) -> subprocess.Popen:
+        """Start a process in its own session and record it in `registry`, unless stop()
+        began (StackStopping): then nothing is started."""
+        with self._lock:
+            if self._stopping:
+                raise StackStopping(f"the stack is stopping; not starting {' '.join(argv[:4])}")
+            process = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, **kwargs)
+            registry.append(process)
+        return process
+
     def manage(self, *args: str) -> str:
-        result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.full_env,
-                                capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result.stdout.strip()
+        process = self._popen([sys.executable, "manage.py", *args], self._helpers, env=self.full_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with process:
+                try:
+                    stdout, stderr = process.communicate(timeout=300)
+                except BaseException:  # as subprocess.run: a timeout (or an interrupt) kills it
+                    process.kill()
+                    raise
+        finally:
+            with self._lock:
+                self._helpers.remove(process)
+        if process.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{stdout}\n{stderr}")
+        return stdout.strip()
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, cwd=ROOT, env={**self.full_env, **(env or {})}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes.append(process)
-        return process
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            return self._popen(argv, self.processes, env={**self.full_env, **(env or {})}, stdout=log,
+                               stderr=subprocess.STDOUT)
 
     def setup(self, *, username: str, password: str | None = None) -> None:
         self.manage("migrate", "--noinput")
@@ -253,15 +316,33 @@ class LocalStack:
     def _up(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
 
-    def stop(self) -> None:
-        """SIGTERM every process (agents first), SIGKILL what is left after 10 s."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        end = time.monotonic() + 10
-        for process in self.processes:
+    def stop(self, grace: float = 10) -> None:
+        """Stop every process this stack started and every process those started, and
+        start no more (spawn() and manage() refuse from now on). Safe from another
+        thread than the one starting processes, and more than once.
+
+        SIGTERM to each process's group (agents first; an agent stops its trainers and
+        its spare trainer by itself, the portal its connections); once all exited, or
+        after `grace` seconds, SIGKILL to what is left: the descendants of a process
+        still running (trainers live in their own process groups), frozen first so that
+        none is reaped and its pid reused before it is killed, and every group."""
+        with self._lock:
+            self._stopping = True
+            processes = [p for p in self.processes + self._helpers if _child_state(p) != "reaped"]
+        for process in reversed(processes):
+            _signal(process.pid, signal.SIGTERM, group=True)
+        end = time.monotonic() + grace
+        while any(_child_state(p) == "running" for p in processes) and time.monotonic() < end:
+            time.sleep(0.05)
+        stuck = [p.pid for p in processes if _child_state(p) == "running"]
+        for pid in freeze_tree(stuck) if stuck else []:
+            _signal(pid, signal.SIGKILL, group=False)
+            _signal(pid, signal.SIGKILL, group=True)  # a trainer leads its group; anyone else: no such group
+        for process in processes:  # leaders that exited are not reaped yet: their group ids are still theirs
+            if _child_state(process) != "reaped":
+                _signal(process.pid, signal.SIGKILL, group=True)
+        for process in processes:
             try:
-                process.wait(max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
+            except subprocess.TimeoutExpired:  # SIGKILLed, so only in uninterruptible sleep; leave it
+                pass

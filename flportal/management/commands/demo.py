@@ -3,9 +3,19 @@
 Migrates, creates the demo user, partitions breast-cancer data over 3 sites, starts
 the portal (embedded worker) and 3 node agents, launches a FedAvg job through the REST
 API and prints each round. Keeps serving until Ctrl-C, or with --exit-when-done exits
-0 when the job succeeded (1 with the reason if it did not)."""
+0 when the job succeeded (1 with the reason if it did not).
+
+Ctrl-C (SIGINT, also where it was inherited ignored, as `make demo &` in a script gets
+it), SIGTERM and SIGHUP (unless inherited ignored, as under nohup) stop it at any
+moment: every process it started (the portal, the agents, their trainers and spare
+trainers, a `manage.py` step under way) is stopped, SIGTERM first and SIGKILL after a
+grace (LocalStack.stop), and it exits 128 + the signal's number (130 for Ctrl-C, 143
+for SIGTERM). The work runs in a thread, so the main thread only waits for it or for
+a signal: a signal never lands half-way through starting a process."""
 import secrets
 import signal
+import sys
+import threading
 import time
 
 from django.conf import settings
@@ -18,6 +28,7 @@ DEMO_JOB = {
     "dataset": "breast_cancer", "rounds": 5, "local_epochs": 1, "batch_size": 8,
     "min_clients": 3, "clients_required": 2, "round_timeout_s": 60, "seed": 0,
 }
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Command(BaseCommand):
@@ -29,19 +40,37 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", type=int, default=DEMO_JOB["rounds"])
 
     def handle(self, *args, exit_when_done, port, rounds, **options):
+        received = []  # the signals that arrived; the handler only records them
+        for sig in STOP_SIGNALS:
+            if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, lambda signum, frame: received.append(signum))
         stack = LocalStack(workdir=settings.DATA_DIR / "demo", port=free_port(port))
         password = secrets.token_urlsafe(9)
+        outcome = {}
+
+        def work():
+            try:
+                outcome["job"] = self._run(stack, password, rounds)
+                if not exit_when_done:
+                    self.stdout.write("The portal keeps serving; press Ctrl-C to stop.")
+            except BaseException as exc:  # the main thread reports it, unless it is stopping
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="demo", daemon=True)
+        worker.start()
         try:
-            job = self._run(stack, password, rounds)
-            if exit_when_done:
-                return self._finish(job)
-            self.stdout.write("The portal keeps serving; press Ctrl-C to stop.")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
+            while not received and (worker.is_alive() or not (exit_when_done or "error" in outcome)):
+                time.sleep(0.2)  # a signal interrupts it; its handler runs here, in the main thread
         finally:
-            self.stdout.write("Stopping the portal and the agents...")
-            stack.stop()
+            why = f" ({signal.Signals(received[0]).name})" if received else ""
+            self.stdout.write(f"Stopping the portal and the agents{why}...")
+            stack.stop()  # the worker starts nothing from here on; a further signal is only recorded
+        if received:
+            self.stderr.write(f"Stopped by {signal.Signals(received[0]).name}.")
+            sys.exit(128 + received[0])
+        if "error" in outcome:
+            raise outcome["error"]
+        return self._finish(outcome["job"])
 
     def _run(self, stack: LocalStack, password: str, rounds: int) -> dict:
         started = time.monotonic()
