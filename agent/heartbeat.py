@@ -101,9 +101,13 @@ class Heartbeat:
     """
 
     def __init__(self, *, client: PortalClient, data_dir: Path, interval: float,
-                 describe: Callable[[Path], list[dict]] = datasets):
+                 describe: Callable[[Path], list[dict]] = datasets,
+                 running_jobs: Callable[[], list[int]] | None = None):
         self.client, self.data_dir, self.interval = client, Path(data_dir), interval
         self._describe = describe
+        # the jobs it runs a trainer for, sent with every beat: the portal asks again for
+        # a trainer of a running job that is not among them (an agent that restarted)
+        self._running_jobs = running_jobs
         self._described: tuple[tuple, list[dict]] | None = None
         self._stopped = threading.Event()
         self._healthy: bool | None = None
@@ -125,6 +129,8 @@ class Heartbeat:
         """Post one heartbeat; return whether the portal accepted it. Never raises."""
         payload = {"version": __version__, "datasets": self._datasets(),
                    "resources": resources(self.data_dir)}
+        if self._running_jobs is not None:
+            payload["runs"] = self._running_jobs()
         try:
             answer = self.client.post_json(HEARTBEAT_PATH, payload, timeout=10.0).json()
         except (TransientError, PortalRefusal, PortalOffline) as exc:

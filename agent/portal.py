@@ -79,9 +79,12 @@ class PortalClient:
     has closed an idle connection, the call is made once more on a new one; that is
     safe because every call a node makes is idempotent (a repeated upload is answered
     as the first one). Redirects are never followed.
+
+    ``token=None`` makes calls without ``Authorization`` (``POST /enroll``: the node has
+    no token yet; its enrollment code is in the body).
     """
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0):
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0):
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout = timeout
@@ -110,8 +113,9 @@ class PortalClient:
         """Make one call; return the 2xx Response or raise per the module contract."""
         url = urllib.parse.urlsplit(self.url_for(path))
         target = url.path + (f"?{url.query}" if url.query else "")
-        headers = {"Authorization": f"Node {self._token}", "Accept": "application/json",
-                   "User-Agent": f"flportal-agent/{__version__}", **(headers or {})}
+        headers = {"Accept": "application/json", "User-Agent": f"flportal-agent/{__version__}",
+                   **({"Authorization": f"Node {self._token}"} if self._token is not None else {}),
+                   **(headers or {})}
         with self._lock:
             status, reason, data, answer_headers = self._exchange(method, target, body, headers,
                                                                   timeout or self.timeout)

@@ -15,6 +15,10 @@ Scripting:
 - ``corrupt``: version -> how many downloads serve damaged bytes (same checksum header).
 - ``piggyback``: an upload or evaluation posted with ``?wait=`` is answered with the
   next scripted task as ``next``, as the portal does.
+- ``enrollment_codes``: code -> status ``POST /enroll`` answers it (201: the node's
+  credentials, once; then 409 as a used code), 400/409/410/403 the portal's refusals;
+  an unknown code is 400. No ``Authorization`` is required there; ``enrollments``
+  records each request's body and ``Authorization`` header.
 """
 
 import hashlib
@@ -49,6 +53,8 @@ class FakePortal:
     corrupt: dict[int, int] = field(default_factory=dict)
     block_tasks: bool = False
     piggyback: bool = False  # answer an upload made with ?wait= with the next task ("next")
+    agent_key: str = "agent-key-456"
+    enrollment_codes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         self.heartbeats: list[dict] = []
@@ -56,6 +62,7 @@ class FakePortal:
         self.downloads: list[tuple[int, bool]] = []  # (version, corrupted)
         self.uploads: list[Upload] = []
         self.evaluations: list[tuple[int, int, dict]] = []  # (round_id, status, body)
+        self.enrollments: list[tuple[dict, str | None]] = []  # (body, Authorization header)
         self.lock = threading.Lock()
         self.closing = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -88,6 +95,7 @@ class FakePortal:
 
 
 ROUTES = [
+    ("POST", re.compile(r"/api/v1/fl/enroll"), "enroll"),
     ("POST", re.compile(r"/api/v1/fl/heartbeat"), "heartbeat"),
     ("GET", re.compile(r"/api/v1/fl/jobs/(\d+)/task"), "task"),
     ("GET", re.compile(r"/api/v1/fl/jobs/(\d+)/models/(\d+)"), "model"),
@@ -114,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
             match = pattern.fullmatch(path)
             if match and route_method == method:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if name == "enroll":  # no Authorization: the code is the credential
+                    return self.enroll(body=body)
                 if self.headers.get("Authorization") != f"Node {self.portal.token}":
                     return self._json(401, {"error": "unauthenticated", "message": "bad token"})
                 return getattr(self, name)(*match.groups(), body=body, query=query)
@@ -132,6 +142,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _refusal(self, status):
         codes = {400: "invalid_update", 403: "not_selected", 404: "not_found", 409: "stale_round"}
         self._json(status, {"error": codes.get(status, "server_error"), "message": f"injected {status}"})
+
+    def enroll(self, *, body):
+        payload = json.loads(body or b"{}")
+        refusals = {400: ("enrollment_invalid", "This enrollment code is not valid."),
+                    409: ("enrollment_used", "This enrollment code has already been used."),
+                    410: ("enrollment_expired", "This enrollment code has expired."),
+                    403: ("node_disabled", "This node is disabled.")}
+        with self.portal.lock:
+            self.portal.enrollments.append((payload, self.headers.get("Authorization")))
+            status = self.portal.enrollment_codes.get(payload.get("code"), 400)
+            if status == 201:
+                self.portal.enrollment_codes[payload["code"]] = 409
+        if status != 201:
+            error, message = refusals.get(status, ("server_error", f"injected {status}"))
+            return self._json(status, {"error": error, "message": message})
+        self._json(201, {"node": "site-1", "token": self.portal.token, "agent_key": self.portal.agent_key,
+                         "agent_url": "http://127.0.0.1:8123", "heartbeat_interval_s": 5.0},
+                   {"Cache-Control": "no-store"})
 
     def heartbeat(self, *, body, query):
         status = self.portal.injected("heartbeat")

@@ -195,9 +195,15 @@ def test_run_lifecycle_start_idempotent_log_stop(agent):
     assert agent.call("GET", f"/runs/{run['run_id']}/log?lines=100000")[0] == 400
     assert (agent.runs_dir / f"{run['run_id']}.log").is_file()
 
+    # its heartbeats say it runs a trainer for job 41 (the portal re-asks for lost ones)
+    wait_for(lambda: 41 in agent.portal.heartbeats[-1].get("runs", []), timeout=30, what="job 41 in a heartbeat")
+
     status, stopped = agent.call("POST", f"/runs/{run['run_id']}/stop")
     assert status == 200
     assert (stopped["state"], stopped["returncode"]) == ("exited", -signal.SIGTERM)
+    seen = len(agent.portal.heartbeats)
+    wait_for(lambda: len(agent.portal.heartbeats) > seen and 41 not in agent.portal.heartbeats[-1]["runs"],
+             timeout=30, what="a heartbeat without the stopped run")
     assert stopped["ended_at"] >= stopped["started_at"]
     assert not group_alive(pid), "nothing of the run's process group survives a stop"
     assert agent.call("GET", f"/runs/{run['run_id']}") == (200, stopped)
