@@ -102,3 +102,37 @@ def test_dead_node_fails_job_that_requires_every_node(embedded_stack):
     assert job["status"] == "failed"
     assert victim.name in job["status_reason"], job["status_reason"]
     embedded_stack.start_agent(victim)
+
+
+def job_events(api, job_id: int) -> list[dict]:
+    """Every event of the job (the API answers 500 at a time after `?after=`)."""
+    events, after = [], 0
+    while page := api.get(f"/api/v1/jobs/{job_id}/events/", params={"after": after}).json():
+        events += page
+        after = page[-1]["id"]
+    return events
+
+
+def test_a_site_whose_agent_restarts_trains_again_in_later_rounds(embedded_stack):
+    """Its agent dies with its trainer and comes back: the agent's heartbeats list no
+    trainer for the running job, so the watchdog asks it for a new one (an event), and
+    the site's results are in the job's later rounds again; the job succeeds."""
+    victim = embedded_stack.agents[0]
+    job_id = launch(embedded_stack, rounds=80, clients_required=2, round_timeout_s=3, seed=3)
+    _wait_round_open(embedded_stack, job_id, 3)
+    embedded_stack.kill_agent(victim)
+    embedded_stack.start_agent(victim)
+    with embedded_stack.api() as api:
+        embedded_stack.wait_for(lambda: any(e["kind"] == "trainer_lost" and e["node"] == victim.name
+                                            for e in job_events(api, job_id)),
+                                60, f"a new trainer asked of {victim.name}")
+    job = embedded_stack.wait_job(job_id, timeout=300)
+    assert job["status"] == "succeeded", job["status_reason"]
+    with embedded_stack.api() as api:
+        rounds = all_pages(api, f"/api/v1/jobs/{job_id}/rounds/")
+        runs = [e for e in job_events(api, job_id) if e["kind"] == "run_started" and e["node"] == victim.name]
+    train = [r for r in rounds if r["kind"] == "train"]
+    dropped_at = min(r["number"] for r in train if victim.name in r["dropped"])
+    back = [r["number"] for r in train if r["number"] > dropped_at and victim.name in {u["node"] for u in r["updates"]}]
+    assert back, f"{victim.name} never answered a round after it was dropped in round {dropped_at}"
+    assert len(runs) == 2  # the first trainer, and the one asked for after the restart
