@@ -118,6 +118,7 @@ def test_a_site_whose_agent_restarts_trains_again_in_later_rounds(embedded_stack
     trainer for the running job, so the watchdog asks it for a new one (an event), and
     the site's results are in the job's later rounds again; the job succeeds."""
     victim = embedded_stack.agents[0]
+    embedded_stack.wait_nodes_online([a.name for a in embedded_stack.agents])  # the tests before restart agents
     job_id = launch(embedded_stack, rounds=80, clients_required=2, round_timeout_s=3, seed=3)
     _wait_round_open(embedded_stack, job_id, 3)
     embedded_stack.kill_agent(victim)
