@@ -4,6 +4,7 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from jobs.models import JobNode
 from jobs.services import flow
@@ -13,19 +14,25 @@ from nodes.agent_client import AgentError, agent_start_run, agent_stop_run
 
 logger = logging.getLogger(__name__)
 
+#: The FL server's steps retry a database that is briefly away (a restart, a failover):
+#: 1, 2, 4 ... s apart (at most 30 s, with jitter), six times, instead of leaving the job
+#: to the watchdog's next sweep or failing it. Every step is idempotent.
+TRANSIENT = {"autoretry_for": (OperationalError, InterfaceError), "retry_backoff": True, "retry_backoff_max": 30,
+             "max_retries": 6}
 
-@shared_task(acks_late=True, time_limit=300)
+
+@shared_task(acks_late=True, time_limit=300, **TRANSIENT)
 def job_start_task(job_id: int) -> None:
     flow.job_start(job_id=job_id)
 
 
-@shared_task(acks_late=True, time_limit=1800)
+@shared_task(acks_late=True, time_limit=1800, **TRANSIENT)
 def round_deadline_task(round_id: int) -> None:
     if flow.round_deadline(round_id=round_id):
         flow.round_close(round_id=round_id)
 
 
-@shared_task(acks_late=True, time_limit=1800)
+@shared_task(acks_late=True, time_limit=1800, **TRANSIENT)
 def round_close_task(round_id: int) -> None:
     """Aggregate a round that moved to aggregating (its last result came in, or its
     deadline passed, or the watchdog re-drives it). Single-flight: a second delivery

@@ -63,9 +63,18 @@ class AggregationLease:
         self._renewer.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self._stop.set()
         self._renewer.join()
+        if exc_type is not None:  # the close failed (a database error): let a retry take the round at once
+            try:
+                self.release()
+            except Exception:  # the database is away: the lease then expires by itself
+                logger.warning("round %s: could not release the aggregation lease", self.round_id)
+
+    def release(self) -> None:
+        """Give the lease up, if still ours (another close may take the round now)."""
+        Round.objects.filter(pk=self.round_id, lease_owner=self.owner).update(lease_expires_at=None)
 
     def _renew_until_stopped(self) -> None:
         try:

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobNode, Round, WatchdogClock
 from jobs.services import dispatch
+from jobs.services.job_events import job_event_record
 from jobs.services.jobs import job_fail, job_node_trainer_lost
 from jobs.services.rounds import rounds_overdue, rounds_stuck_aggregating
 from nodes.models import Node
@@ -29,9 +30,11 @@ def watchdog_sweep() -> dict:
     done["deadline"] = rounds_overdue()
     for round_id in done["deadline"]:
         dispatch.queue_round_deadline(round_id, countdown=0)
+    _redrive_events(done["deadline"], "past its deadline and still open (its deadline task was lost or late)")
     done["aggregating"] = rounds_stuck_aggregating(grace_s=settings.FLPORTAL_AGGREGATION_LEASE_S)
     for round_id in done["aggregating"]:
         dispatch.queue_round_close(round_id)
+    _redrive_events(done["aggregating"], "aggregating, and nobody is (its worker stopped, or its close was lost)")
     done["queued"] = _jobs_stuck_queued()
     for job_id in done["queued"]:
         dispatch.queue_job_start(job_id)
@@ -42,6 +45,13 @@ def watchdog_sweep() -> dict:
     if any(done.values()):
         logger.info("watchdog: %s", done)
     return done
+
+
+def _redrive_events(round_ids: list[int], why: str) -> None:
+    """A `redrive` event on each round's job: the job page says why its round moved late."""
+    for job_id, number, kind in Round.objects.filter(pk__in=round_ids).values_list("job_id", "number", "kind"):
+        job_event_record(job_id=job_id, kind="redrive", data={"round": number, "kind": kind},
+                         message=f"round {number} ({kind}) {why}: the watchdog drives it on")
 
 
 def _listening_since():

@@ -141,3 +141,27 @@ def test_an_aggregating_round_nobody_took_is_redriven_after_the_grace(aggregatin
     assert watchdog_sweep()["aggregating"] == []
     Round.objects.filter(pk=aggregating.pk).update(aggregating_at=aggregating.aggregating_at.replace(year=2000))
     assert watchdog_sweep()["aggregating"] == [aggregating.pk]
+
+
+def test_a_close_that_fails_on_the_database_is_retried_and_its_lease_given_up(aggregating, monkeypatch):
+    """A database error in the close (a restart, a failover) escapes to the task, which
+    retries it with backoff; the failed attempt gave its lease up, so the retry can
+    take the round at once, and it closes it."""
+    from django.db import OperationalError
+
+    from jobs import tasks
+
+    real, attempts = rounds.round_finish, []
+
+    def flaky(**kwargs):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(**kwargs)
+
+    monkeypatch.setattr(rounds, "round_finish", flaky)
+    monkeypatch.setattr("jobs.services.flow.round_finish", flaky)
+    result = tasks.round_close_task.apply(args=(aggregating.pk,))
+    assert result.successful(), result.traceback
+    assert len(attempts) == 3
+    assert_closed_once(aggregating)

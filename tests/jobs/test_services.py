@@ -695,6 +695,7 @@ def test_watchdog_redrives_an_overdue_round(started_job, queued_tasks, django_ca
     done = sweep(django_capture_on_commit_callbacks)
 
     assert done["deadline"] == [rnd.pk] and queued_tasks.args("round_deadline_task") == [(rnd.pk,)]
+    assert "past its deadline" in JobEvent.objects.get(job=started_job, kind="redrive").message
     tasks.round_deadline_task(rnd.pk)  # what the worker then runs: the task body, in-process
     rnd.refresh_from_db()
     started_job.refresh_from_db()
@@ -716,6 +717,8 @@ def test_watchdog_redrives_a_round_stuck_aggregating_and_a_job_stuck_queued(star
     done = sweep(django_capture_on_commit_callbacks)
 
     assert done["aggregating"] == [rnd.pk] and queued_tasks.args("round_close_task") == [(rnd.pk,)]
+    redrive = JobEvent.objects.get(job=started_job, kind="redrive")
+    assert redrive.data == {"round": 1, "kind": "train"} and "nobody is" in redrive.message
     assert done["queued"] == [queued.pk] and queued_tasks.args("job_start_task") == [(queued.pk,)]
     assert done["failed"] == []
 
