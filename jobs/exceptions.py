@@ -1,5 +1,5 @@
 """Domain errors of the FL server. Each maps to one HTTP status in core.errors."""
-from core.errors import Conflict, Forbidden, InvalidNodeRequest, TooLarge
+from core.errors import Conflict, DomainError, Forbidden, InvalidNodeRequest, TooLarge
 
 
 class JobStateError(Conflict):
@@ -28,3 +28,11 @@ class UpdateTooLarge(TooLarge):
 
 class LogQuotaExceeded(TooLarge):
     code = "log_quota"
+
+
+class StorageUnavailable(DomainError):
+    """The portal could not store what a node sent (its artifact storage failed): the
+    node's fault it is not, and it may send it again (503)."""
+
+    code = "storage_unavailable"
+    status = 503

@@ -10,7 +10,7 @@ import time
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import JsonResponse, UnreadablePostError
 from django.views.decorators.csrf import csrf_exempt
 
 from core.errors import DomainError, NotFound, error_response
@@ -31,6 +31,7 @@ from jobs.services.updates import (
     cross_site_model,
     cross_site_submit,
     logs_append,
+    storage_failed,
     submission_round,
     update_submit,
 )
@@ -171,16 +172,21 @@ def _store_update(request, facts) -> tuple:
     evaluation = _evaluation_headers(request)
     check_evaluation(facts, evaluation)
     _check_length(request)
-    tmp, sha256 = _receive_body(request, facts.job_id)
+    tmp = None
     try:
+        tmp, sha256 = _receive_body(request, facts.job_id)
         try:
             validate_update_file(tmp, artifacts.tensor_spec_of(facts.model_path, facts.model_sha256))
         except InvalidUpdate as exc:
             raise InvalidUpdateError(str(exc)) from exc
         return update_submit(round_id=facts.round_id, node=request.node, upload=tmp, upload_sha256=sha256,
                              num_examples=num_examples, metrics=metrics, evaluation=evaluation, checked=facts)
+    except OSError as exc:
+        if isinstance(exc, UnreadablePostError):  # the node went away mid-upload: not the storage
+            raise
+        raise storage_failed(facts=facts, node=request.node, error=exc) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -13,7 +13,7 @@ from core.sql import rows_insert
 from fl.serialization import load_state_dict, load_state_dict_header
 from fl.strategies import get_strategy
 from jobs import events
-from jobs.models import Job, JobNode, ModelVersion, Round
+from jobs.models import Job, JobEvent, JobNode, ModelVersion, Round
 from jobs.services import artifacts, dispatch
 from jobs.services.job_events import job_event_record
 from jobs.services.lease import AggregationLease
@@ -103,8 +103,13 @@ def round_at_deadline(rnd: Round) -> str | None:
         _start_aggregating(rnd)
         return None
     missing = ", ".join(sorted(n.name for n in _missing_nodes(rnd)))
-    return (f"round {rnd.number} ({rnd.kind}) failed: {received} of {required} required updates "
-            f"by the deadline ({rnd.job.round_timeout_s:g} s); missing: {missing}")
+    reason = (f"round {rnd.number} ({rnd.kind}) failed: {received} of {required} required updates "
+              f"by the deadline ({rnd.job.round_timeout_s:g} s); missing: {missing}")
+    stored = (JobEvent.objects.filter(job_id=rnd.job_id, kind="storage_failed", data__round=rnd.number,
+                                      data__kind=rnd.kind).order_by("-id").values_list("data", flat=True).first())
+    if stored:  # the nodes sent them: the portal could not keep them
+        reason = f"the portal's artifact storage failed ({stored['error']}), so {reason}"
+    return reason
 
 
 def _missing_nodes(rnd: Round) -> list[Node]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from django.db import IntegrityError, connection, transaction
 
 from core.errors import NotFound
-from jobs.exceptions import InvalidUpdateError, LogQuotaExceeded, NotSelected, StaleRound
+from jobs.exceptions import InvalidUpdateError, LogQuotaExceeded, NotSelected, StaleRound, StorageUnavailable
 from jobs.models import CrossSiteResult, Job, JobEvent, JobNode, MetricPoint, ModelVersion, Round, Update
 from jobs.services import artifacts
 from jobs.services.job_events import job_event_record
@@ -221,6 +221,16 @@ def _accept(round_id: int, node: Node, kind: str, record, checked: Submission | 
             return update, True
     except IntegrityError:  # a concurrent duplicate won the race
         return Update.objects.get(round_id=round_id, node=node), False
+
+
+def storage_failed(*, facts: Submission, node: Node, error: OSError) -> StorageUnavailable:
+    """Record that the portal's artifact storage failed to take a node's result for a
+    round (an event, so the round's failure, if it comes to that, names the portal, not
+    the node) and return the error to answer the node with (503: it retries)."""
+    job_event_record(job_id=facts.job_id, kind="storage_failed", node=node,
+                     message=f"the portal could not store {node.name}'s result for round {facts.number}: {error}",
+                     data={"round": facts.number, "kind": facts.kind, "error": str(error)[:500]})
+    return StorageUnavailable(f"the portal could not store the result ({error.strerror or error}); send it again")
 
 
 def cross_site_model(*, round_id: int, node: Node, source: str):
