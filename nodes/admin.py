@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from core.errors import ValidationFailed
 from nodes.models import Node
@@ -36,9 +36,19 @@ class NodeAdmin(admin.ModelAdmin):
     list_filter = ["status", "enabled"]
     search_fields = ["name"]
     readonly_fields = ["token_key_id", "token_hash", "status", "last_heartbeat_at", "version", "datasets",
-                       "resources", "created_at", "enabled"]
+                       "resources", "created_at", "enabled", "history"]
+    HISTORY = 20
     actions = ["enable", "disable", "issue_enrollment_code"]
     add_form = NodeAddForm
+
+    @admin.display(description="history (latest first)")
+    def history(self, obj):
+        """The node's last status changes, read-only."""
+        rows = [(e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.status, e.message)
+                for e in obj.events.all()[:self.HISTORY]]
+        if not rows:
+            return "no status change yet"
+        return format_html_join(format_html("<br>"), "{} {}: {}", rows)
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
@@ -67,12 +77,12 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.action(description="Enable selected nodes")
     def enable(self, request, queryset):
         for node in queryset:
-            node_set_enabled(node=node, enabled=True)
+            node_set_enabled(node=node, enabled=True, actor=request.user)
 
     @admin.action(description="Disable selected nodes")
     def disable(self, request, queryset):
         for node in queryset:
-            node_set_enabled(node=node, enabled=False)
+            node_set_enabled(node=node, enabled=False, actor=request.user)
 
     def _show_code(self, request, *, node: Node, code: str) -> None:
         """The one-time code, its expiry and the command to run at the site: shown this

@@ -61,3 +61,19 @@ class EnrollmentCode(models.Model):
 
     def __str__(self):
         return f"enrollment code of {self.node} (expires {self.expires_at:%Y-%m-%d %H:%M})"
+
+
+class NodeEvent(models.Model):
+    """A node's history: each change of its status (online, offline, disabled), why, and
+    who made it when a person did."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="events")
+    status = models.CharField(max_length=16, choices=Node.Status.choices)
+    message = models.CharField(max_length=300)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["node", "-id"])]

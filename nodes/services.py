@@ -15,7 +15,7 @@ from django.views.decorators.debug import sensitive_variables
 from core.errors import Conflict, DomainError, Forbidden, ValidationFailed
 from core.tokens import hash_secret, issue_token
 from nodes import events
-from nodes.models import EnrollmentCode, Node
+from nodes.models import EnrollmentCode, Node, NodeEvent
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = {"global", "aggregate"}  # the global model's row in cross-site results; the aggregate metrics
@@ -207,18 +207,26 @@ def node_heartbeat(*, node: Node, version: str, datasets: list, resources: dict,
     for name, value in fields.items():
         setattr(node, name, value)
     if changed:
-        events.node_status_changed(node)
+        _status_changed(node, "its agent was heard from" if node.enabled else "heard from, but disabled")
     return node
 
 
-def node_set_enabled(*, node: Node, enabled: bool) -> Node:
+def node_set_enabled(*, node: Node, enabled: bool, actor=None) -> Node:
+    """Enable or disable a node (a disabled one is refused on every call, nodes/auth.py);
+    a stored event says who did."""
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node.pk)
         node.enabled = enabled
         node.status = _derived_status(node)
         node.save(update_fields=["enabled", "status"])
-        events.node_status_changed(node)
+        _status_changed(node, f"{'enabled' if enabled else 'disabled'}" + (f" by {actor}" if actor else ""), actor)
     return node
+
+
+def _status_changed(node: Node, why: str, actor=None) -> None:
+    """Store the node's new status in its history and broadcast it after commit."""
+    NodeEvent.objects.create(node=node, status=node.status, message=why[:300], actor=actor)
+    events.node_status_changed(node)
 
 
 def nodes_mark_stale_offline(*, listening_since=None) -> list[Node]:
@@ -234,7 +242,7 @@ def nodes_mark_stale_offline(*, listening_since=None) -> list[Node]:
         for node in stale:
             node.status = Node.Status.OFFLINE
             node.save(update_fields=["status"])
-            events.node_status_changed(node)
+            _status_changed(node, f"silent for more than {settings.FLPORTAL_NODE_OFFLINE_AFTER_S:g} s")
             changed.append(node)
     return changed
 

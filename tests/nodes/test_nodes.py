@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from core.errors import ValidationFailed
-from nodes.models import Node
+from nodes.models import Node, NodeEvent
 from nodes.selectors import node_for_token
 from nodes.services import agent_key_for, node_heartbeat, node_register, node_set_enabled, nodes_mark_stale_offline
 from tests.conftest import BREAST_CANCER, create_job, register_node
@@ -210,3 +210,21 @@ def test_the_node_admin_is_for_staff_only(client, user):
     client.force_login(user)
     response = client.get("/admin/nodes/node/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+# --- history ---------------------------------------------------------------------------------------
+
+def test_every_status_change_is_a_stored_event_shown_in_the_admin(admin_client, django_user_model, settings):
+    settings.FLPORTAL_NODE_OFFLINE_AFTER_S = 15
+    creds = register_node("site-a")  # offline → online: heard from
+    Node.objects.filter(pk=creds.node.pk).update(last_heartbeat_at=timezone.now() - timedelta(seconds=20))
+    nodes_mark_stale_offline()
+    admin = django_user_model.objects.get(username="admin")
+    node_set_enabled(node=creds.node, enabled=False, actor=admin)
+    history = [(e.status, e.message, e.actor) for e in NodeEvent.objects.filter(node=creds.node).order_by("id")]
+    assert history == [("online", "its agent was heard from", None), ("offline", "silent for more than 15 s", None),
+                       ("disabled", "disabled by admin", admin)]
+    page = admin_client.get(f"/admin/nodes/node/{creds.node.pk}/change/").content.decode()
+    assert "disabled: disabled by admin" in page and "offline: silent for more than 15 s" in page
+    node_heartbeat(node=Node.objects.get(pk=creds.node.pk), version="1", datasets=[], resources={})
+    assert NodeEvent.objects.filter(node=creds.node).count() == 3  # a disabled node's beat changes nothing
