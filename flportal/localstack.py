@@ -120,6 +120,10 @@ class StackStopping(RuntimeError):
     """The stack is stopping (or stopped): it starts no more processes."""
 
 
+#: The group of the stack's user and nodes (each node's access list names it).
+GROUP = "researchers"
+
+
 @dataclass
 class Agent:
     name: str
@@ -194,7 +198,8 @@ class LocalStack:
 
     def setup(self, *, username: str, password: str | None = None) -> None:
         self.manage("migrate", "--noinput")
-        args = ["api_token", username, "--create"] + (["--password", password] if password else [])
+        args = (["api_token", username, "--create", "--group", GROUP]
+                + (["--password", password] if password else []))
         self.token = self.manage(*args).splitlines()[-1]
 
     def make_data(self, *, dataset: str, nodes: int, scheme: str = "iid", alpha: float = 0.5, seed: int = 0):
@@ -204,8 +209,8 @@ class LocalStack:
     def register_nodes(self, count: int) -> list[Agent]:
         for k in range(1, count + 1):
             port = free_port()
-            creds = json.loads(self.manage("node_register", f"site-{k}", "--agent-url",
-                                           f"http://127.0.0.1:{port}", "--json").splitlines()[-1])
+            creds = json.loads(self.manage("node_register", f"site-{k}", "--agent-url", f"http://127.0.0.1:{port}",
+                                           "--group", GROUP, "--json").splitlines()[-1])
             self.agents.append(Agent(f"site-{k}", port, self.workdir / "data" / f"site-{k}",
                                      creds["token"], creds["agent_key"]))
         return self.agents

@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from core.errors import ValidationFailed
 from nodes.models import Node
@@ -18,7 +19,7 @@ class NodeAddForm(forms.ModelForm):
 
     class Meta:
         model = Node
-        fields = ["name", "agent_url"]
+        fields = ["name", "agent_url", "user_groups"]
 
     def clean(self):
         data = super().clean()
@@ -39,6 +40,7 @@ class NodeAdmin(admin.ModelAdmin):
                        "resources", "created_at", "enabled", "history"]
     HISTORY = 20
     actions = ["enable", "disable", "issue_enrollment_code"]
+    filter_horizontal = ["user_groups"]
     add_form = NodeAddForm
 
     @admin.display(description="history (latest first)")
@@ -48,7 +50,7 @@ class NodeAdmin(admin.ModelAdmin):
                 for e in obj.events.all()[:self.HISTORY]]
         if not rows:
             return "no status change yet"
-        return format_html_join(format_html("<br>"), "{} {}: {}", rows)
+        return format_html_join(mark_safe("<br>"), "{} {}: {}", rows)
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
@@ -56,7 +58,7 @@ class NodeAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ["name", "agent_url"] if obj is None else super().get_fields(request, obj)
+        return ["name", "agent_url", "user_groups"] if obj is None else super().get_fields(request, obj)
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else self.readonly_fields

@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from nodes.models import Node
-from nodes.selectors import enrollment_code_pending, node_get, node_list
+from nodes.selectors import enrollment_code_pending, node_get, nodes_usable_by
 from nodes.services import enrollment_code_issue, enrollment_command, node_create
 
 
@@ -44,7 +44,7 @@ class NodeListApi(APIView):
         return super().get_permissions()
 
     def get(self, request):
-        return Response(NodeSerializer(node_list(), many=True).data)
+        return Response(NodeSerializer(nodes_usable_by(request.user), many=True).data)
 
     def post(self, request):
         data = NodeCreateSerializer(data=request.data)

@@ -27,6 +27,10 @@ class Node(models.Model):
     # The jobs its agent runs a trainer for, as of its last heartbeat (None: an agent that
     # does not report them). A job it should run and does not is re-driven (jobs' watchdog).
     running_jobs = models.JSONField(null=True, blank=True)
+    # Who may use it: the members of these groups (staff: everyone). A site agrees to
+    # serve a project, not the world: with no group, only staff see and use it.
+    user_groups = models.ManyToManyField("auth.Group", blank=True, related_name="nodes",
+                                         help_text="members of these groups see this node and may run jobs on it")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -18,6 +18,15 @@ def node_list():
     return Node.objects.all()
 
 
+def nodes_usable_by(user):
+    """The nodes `user` may see and run jobs on: every node for staff, else those one of
+    the user's groups may use (the node's access list)."""
+    if user.is_staff:
+        return Node.objects.all()
+    return Node.objects.filter(pk__in=Node.user_groups.through.objects.filter(
+        group__in=user.groups.all()).values("node_id"))
+
+
 def node_get(*, name: str) -> Node:
     """The node named `name`; raises NotFound."""
     node = Node.objects.filter(name=name).first()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -209,6 +210,11 @@ def node_heartbeat(*, node: Node, version: str, datasets: list, resources: dict,
     if changed:
         _status_changed(node, "its agent was heard from" if node.enabled else "heard from, but disabled")
     return node
+
+
+def node_grant(*, node: Node, groups: list[str]) -> None:
+    """Let the members of the named groups use `node` (the groups are made if new)."""
+    node.user_groups.add(*(Group.objects.get_or_create(name=name)[0] for name in groups))
 
 
 def node_set_enabled(*, node: Node, enabled: bool, actor=None) -> Node:

@@ -66,14 +66,26 @@ def _clear_caches(module):
 
 # --- users ---------------------------------------------------------------------------
 
+RESEARCHERS = "researchers"  # the group every test node's access list names
+
+
+def researcher(django_user_model, username: str):
+    """A user (password pw-<name>) in the group RESEARCHERS, so the test nodes are theirs to use."""
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user(username=username, password=f"pw-{username}")
+    user.groups.add(Group.objects.get_or_create(name=RESEARCHERS)[0])
+    return user
+
+
 @pytest.fixture
 def user(django_user_model):
-    return django_user_model.objects.create_user(username="alice", password="pw-alice")
+    return researcher(django_user_model, "alice")
 
 
 @pytest.fixture
 def other_user(django_user_model):
-    return django_user_model.objects.create_user(username="mallory", password="pw-mallory")
+    return researcher(django_user_model, "mallory")
 
 
 @pytest.fixture
@@ -106,10 +118,12 @@ def other_api_client(other_user):
 # --- nodes -----------------------------------------------------------------------------
 
 def register_node(name: str, *, datasets=None, online: bool = True):
-    """A registered node (NodeCredentials), online after one heartbeat by default."""
-    from nodes.services import node_heartbeat, node_register
+    """A registered node (NodeCredentials) the group RESEARCHERS may use, online after
+    one heartbeat by default."""
+    from nodes.services import node_grant, node_heartbeat, node_register
 
     creds = node_register(name=name, agent_url=UNREACHABLE_AGENT)
+    node_grant(node=creds.node, groups=[RESEARCHERS])
     if online:
         node_heartbeat(node=creds.node, version="test-1", datasets=[BREAST_CANCER] if datasets is None else datasets,
                        resources={"cpus": 2})

@@ -16,6 +16,7 @@ from jobs.services.metrics import round_keep_evaluation
 from jobs.services.transitions import job_transition, round_transition
 from jobs.services.validation import clean_job_spec
 from nodes.models import Node
+from nodes.selectors import nodes_usable_by
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def job_create(*, owner, name: str, node_names: list[str], spec: dict, descripti
                cloned_from: Job | None = None) -> Job:
     """Create a draft job on the given nodes. Every parameter is validated now, against
     the catalog's schemas, not at start; raises ValidationFailed naming the field."""
-    nodes = _nodes_for(node_names)
+    nodes = _nodes_for(node_names, owner)
     cleaned = clean_job_spec(spec, nodes)
     if not name or not name.strip():
         raise ValidationFailed("name: required", field="name")
@@ -37,12 +38,14 @@ def job_create(*, owner, name: str, node_names: list[str], spec: dict, descripti
     return job
 
 
-def _nodes_for(names: list[str]) -> list[Node]:
+def _nodes_for(names: list[str], owner) -> list[Node]:
+    """The named nodes, each usable by `owner` (its access list); a node it may not use
+    is refused as if there were none, so its existence is not told."""
     if not names:
         raise ValidationFailed("nodes: choose at least one node", field="nodes")
     if len(set(names)) != len(names):
         raise ValidationFailed("nodes: a node is listed twice", field="nodes")
-    nodes = list(Node.objects.filter(name__in=names))
+    nodes = list(nodes_usable_by(owner).filter(name__in=names))
     missing = set(names) - {n.name for n in nodes}
     if missing:
         raise ValidationFailed(f"nodes: no such node {sorted(missing)}", field="nodes")

@@ -20,7 +20,7 @@ from jobs.services.flow import round_close, round_deadline
 from jobs.services.job_events import job_event_record
 from jobs.services.jobs import job_cancel
 from jobs.services.updates import cross_site_submit
-from tests.conftest import create_job, register_node, start_job
+from tests.conftest import create_job, register_node, researcher, start_job
 from tests.jobs.helpers import close, open_round, submit_eval, submit_train
 
 pytestmark = pytest.mark.django_db
@@ -111,8 +111,8 @@ def assert_same_cost(small, large, urls) -> None:
 
 
 def test_job_lists_cost_the_same_for_2_and_12_jobs(django_user_model, nodes, tmp_path):
-    few = django_user_model.objects.create_user(username="few")
-    many = django_user_model.objects.create_user(username="many")
+    few = researcher(django_user_model, "few")
+    many = researcher(django_user_model, "many")
     for owner, count in ((few, 2), (many, 12)):
         for _ in range(count):
             job = run_to_the_end(create_job(owner, nodes[:1], rounds=1, clients_required=1), nodes[:1], tmp_path)

@@ -4,7 +4,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import ValidationFailed
-from nodes.services import node_register
+from nodes.services import node_grant, node_register
 
 
 class Command(BaseCommand):
@@ -15,12 +15,15 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--agent-url", required=True, help="where the portal calls this node's agent")
         parser.add_argument("--json", action="store_true", help="print the credentials as JSON")
+        parser.add_argument("--group", action="append", default=[],
+                            help="a group whose members may use the node (repeatable; staff may use every node)")
 
-    def handle(self, *args, name, agent_url, **options):
+    def handle(self, *args, name, agent_url, group, **options):
         try:
             creds = node_register(name=name, agent_url=agent_url)
         except ValidationFailed as exc:
             raise CommandError(exc.message) from exc
+        node_grant(node=creds.node, groups=group)
         if options["json"]:
             self.stdout.write(_json_dump({"node": creds.node.name, "token": creds.token, "agent_key": creds.agent_key}))
             return
