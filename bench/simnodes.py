@@ -36,18 +36,23 @@ BREAST_CANCER = {"name": "breast_cancer", "format": "builtin", "n_examples": 569
 
 _REGISTER = """
 import json
-from nodes.services import node_register
+from nodes.services import node_grant, node_register
 for name in {names!r}:
     creds = node_register(name=name, agent_url={agent_base!r} + "/" + name)
+    node_grant(node=creds.node, groups=[{group!r}])  # the stack's user may use it
     print("NODE " + json.dumps({{"name": name, "token": creds.token}}))
 """
 
 
 def register_nodes(stack, names: list[str], agent_base: str, batch: int = 500) -> dict[str, str]:
-    """{name: node token}; each node's agent URL is `<agent_base>/<name>`."""
+    """{name: node token}; each node's agent URL is `<agent_base>/<name>`, and the
+    stack's group may use it."""
+    from flportal.localstack import GROUP
+
     tokens = {}
     for start in range(0, len(names), batch):
-        out = stack.manage("shell", "-c", _REGISTER.format(names=names[start:start + batch], agent_base=agent_base))
+        out = stack.manage("shell", "-c", _REGISTER.format(names=names[start:start + batch], agent_base=agent_base,
+                                                                  group=GROUP))
         for line in out.splitlines():
             if line.startswith("NODE "):
                 row = json.loads(line[5:])
