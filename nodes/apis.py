@@ -21,6 +21,8 @@ class NodeCreateSerializer(serializers.Serializer):
 
     name = serializers.CharField(max_length=200)
     agent_url = serializers.CharField(max_length=1000)
+    groups = serializers.ListField(child=serializers.CharField(max_length=150), required=False, default=list,
+                                   max_length=100, help_text="groups whose members may use the node")
 
 
 def enrollment_answer(request, *, node: Node, code: str) -> Response:
@@ -50,7 +52,7 @@ class NodeListApi(APIView):
         data = NodeCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         node, code = node_create(name=data.validated_data["name"], agent_url=data.validated_data["agent_url"],
-                                 created_by=request.user)
+                                 groups=data.validated_data["groups"], created_by=request.user)
         return enrollment_answer(request, node=node, code=code)
 
 

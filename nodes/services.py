@@ -86,9 +86,10 @@ class NodeDisabled(Forbidden):
 
 
 @transaction.atomic
-def node_create(*, name: str, agent_url: str, created_by) -> tuple[Node, str]:
-    """Create a node that has no usable credentials yet, and its first enrollment code
-    (shown once). Raises ValidationFailed on a bad name or URL, or a name taken."""
+def node_create(*, name: str, agent_url: str, created_by, groups: list[str] = ()) -> tuple[Node, str]:
+    """Create a node that has no usable credentials yet, usable by the members of `groups`,
+    and its first enrollment code (shown once). Raises ValidationFailed on a bad name or
+    URL, or a name taken."""
     agent_url = clean_node_fields(name=name, agent_url=agent_url)
     taken = ValidationFailed(f"name: a node named {name!r} already exists", field="name")
     if Node.objects.filter(name=name).exists():
@@ -99,6 +100,7 @@ def node_create(*, name: str, agent_url: str, created_by) -> tuple[Node, str]:
                                        token_hash=UNUSABLE_TOKEN_HASH)
     except IntegrityError as exc:
         raise taken from exc
+    node_grant(node=node, groups=list(groups))
     return node, enrollment_code_issue(node=node, created_by=created_by)
 
 

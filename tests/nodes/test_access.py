@@ -77,3 +77,17 @@ def test_node_register_grants_groups(tmp_path):
     call_command("node_register", "site-q", "--agent-url", "http://127.0.0.1:9", "--group", "lab", "--group", "icu",
                  stdout=open(tmp_path / "out", "w"))
     assert sorted(Node.objects.get(name="site-q").user_groups.values_list("name", flat=True)) == ["icu", "lab"]
+
+
+def test_staff_create_a_node_with_its_access_list(worlds, api_client, django_user_model):
+    staff = client_of(django_user_model.objects.create_user("ops", is_staff=True))
+    created = staff.post("/api/v1/nodes/", {"name": "site-n", "agent_url": "http://10.0.0.9:8101",
+                                            "groups": ["researchers", "radiology"]}, format="json")
+    assert created.status_code == 201, created.content
+    assert sorted(Node.objects.get(name="site-n").user_groups.values_list("name", flat=True)) == [
+        "radiology", "researchers"]
+    assert "site-n" in [n["name"] for n in api_client.get("/api/v1/nodes/").json()]
+    refused = staff.post("/api/v1/nodes/", {"name": "site-m", "agent_url": "http://10.0.0.9:8101", "groups": "all"},
+                         format="json")
+    assert refused.status_code == 400 and refused.json()["field"] == "groups"
+    assert not Node.objects.filter(name="site-m").exists()

@@ -30,7 +30,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Node {creds.node.name} registered; its agent is called at {creds.node.agent_url}.\n"
                           f"Start the agent at the site with (shown once, keep them secret):\n"
                           f"  FLPORTAL_NODE_TOKEN={creds.token} \\\n  FLPORTAL_AGENT_KEY={creds.agent_key} \\\n"
-                          f"  python -m agent --portal <portal URL> --name {creds.node.name} --data-dir <dir>")
+                          f"  flportal-agent --portal <portal URL> --name {creds.node.name} --data-dir <dir>")
 
 
 def _json_dump(data) -> str:
