@@ -120,6 +120,13 @@ class StackStopping(RuntimeError):
     """The stack is stopping (or stopped): it starts no more processes."""
 
 
+def patience(seconds: float) -> float:
+    """`seconds` times FLPORTAL_TEST_TIMEOUT_SCALE (default 1): every wait of the tests and
+    benchmarks for something real to happen derives from this one factor, to be raised on
+    a loaded or slow machine."""
+    return seconds * float(os.environ.get("FLPORTAL_TEST_TIMEOUT_SCALE") or 1)
+
+
 #: The group of the stack's user and nodes (each node's access list names it).
 GROUP = "researchers"
 
@@ -307,6 +314,9 @@ class LocalStack:
 
     @staticmethod
     def wait_for(predicate, timeout: float, what: str) -> None:
+        """Poll until `predicate()` holds; `timeout` is scaled by FLPORTAL_TEST_TIMEOUT_SCALE
+        (a loaded machine, `patience`). Raises TimeoutError naming `what`."""
+        timeout = patience(timeout)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flportal.localstack import patience
 from tests.agent.fakeportal import FakePortal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; return it, or fail the test."""
+    """Poll ``predicate`` until it returns a truthy value; return it, or fail the test.
+    ``timeout`` is scaled by FLPORTAL_TEST_TIMEOUT_SCALE (flportal.localstack.patience)."""
+    timeout = patience(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
