@@ -6,7 +6,8 @@ import functools
 
 from asgiref.sync import sync_to_async
 
-from core.errors import json_error
+from core.errors import error_response, json_error
+from nodes.exceptions import NodeDisabled
 from nodes.selectors import node_for_token
 
 
@@ -20,7 +21,7 @@ def _refusal(node, disabled_ok: bool):
     if node is None:
         return json_error(401, "unauthenticated", "missing or invalid node token (Authorization: Node <token>)")
     if not node.enabled and not disabled_ok:
-        return json_error(403, "node_disabled", f"node {node.name} is disabled by the portal's administrators")
+        return error_response(NodeDisabled(node.name))
     return None
 
 

@@ -14,10 +14,6 @@ def node_for_token(token: str) -> Node | None:
     return node
 
 
-def node_list():
-    return Node.objects.all()
-
-
 def nodes_usable_by(user):
     """The nodes `user` may see and run jobs on: every node for staff, else those one of
     the user's groups may use (the node's access list)."""

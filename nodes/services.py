@@ -13,9 +13,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from core.errors import Conflict, DomainError, Forbidden, ValidationFailed
+from core.errors import ValidationFailed
 from core.tokens import hash_secret, issue_token
 from nodes import events
+from nodes.exceptions import EnrollmentExpired, EnrollmentInvalid, EnrollmentUsed, InvalidReport, NodeDisabled
 from nodes.models import EnrollmentCode, Node, NodeEvent
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -68,21 +69,8 @@ def node_register(*, name: str, agent_url: str) -> NodeCredentials:
 UNUSABLE_TOKEN_HASH = "!"  # no SHA-256 hex digest equals it: a token of a node not enrolled yet never authenticates
 
 
-class EnrollmentInvalid(ValidationFailed):
-    code = "enrollment_invalid"
 
 
-class EnrollmentUsed(Conflict):
-    code = "enrollment_used"
-
-
-class EnrollmentExpired(DomainError):
-    code = "enrollment_expired"
-    status = 410
-
-
-class NodeDisabled(Forbidden):
-    code = "node_disabled"
 
 
 @transaction.atomic
@@ -157,11 +145,8 @@ def _check_enrollable(row: EnrollmentCode, *, now) -> None:
         raise EnrollmentExpired(f"this enrollment code expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
                                 "ask the portal's administrators for a new one", field="code")
     if not row.node.enabled:
-        raise NodeDisabled(f"node {row.node.name} is disabled by the portal's administrators")
+        raise NodeDisabled(row.node.name)
 
-
-class InvalidReport(ValidationFailed):
-    code = "invalid_update"
 
 
 DATASET_COUNTS = ("n_examples", "n_features", "num_classes")

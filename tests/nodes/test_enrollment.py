@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from core.auth import api_token_create
 from nodes import services
+from nodes.exceptions import EnrollmentUsed
 from nodes.models import EnrollmentCode, Node
 from nodes.selectors import node_for_token
 from nodes.services import agent_key_for, enrollment_code_issue, node_create, node_enroll, node_set_enabled
@@ -260,7 +261,7 @@ def test_of_two_concurrent_exchanges_only_one_wins(staff, monkeypatch):
 
     monkeypatch.setattr(services, "_check_enrollable", check_then_lose_the_race)
     monkeypatch.setattr(services, "issue_token", lambda prefix: issued.append(prefix))
-    with pytest.raises(services.EnrollmentUsed) as info:
+    with pytest.raises(EnrollmentUsed) as info:
         node_enroll(code=code)
 
     assert "just been used" in info.value.message and issued == []
